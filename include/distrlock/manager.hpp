@@ -1,0 +1,124 @@
+// distrlock::Manager: the entry point. Opens a backend from a URL, owns its connection pool and the one
+// heartbeat thread that extends every Lease it handed out.
+//
+// Thread safety: a Manager is thread-safe; share one per process and database. It is cheap to move. Locks
+// and Leases keep what they need of it alive, so it may be destroyed before them; the heartbeat thread stops
+// when the last of them is gone.
+#pragma once
+
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "distrlock/error.hpp"
+#include "distrlock/lease.hpp"
+#include "distrlock/lock.hpp"
+#include "distrlock/options.hpp"
+
+namespace distrlock {
+
+namespace detail {
+struct ManagerState;
+}
+
+/// One versioned schema change. IDs are stable across releases, so the SQL can be fed to any migration tool.
+struct Migration {
+  int version = 0;
+  std::string id;
+  std::string up;
+  std::string down;
+};
+
+class Manager {
+ public:
+  /// Opens "postgresql://user:pass@host:port/db?..." (also "postgres://", or a libpq "key=value ..."
+  /// string). Connects lazily: no round trip happens here. errc::invalid_argument for an unknown scheme,
+  /// a table name that is not a plain (optionally schema-qualified) identifier, or bad options.
+  static Manager open(std::string_view url, Options options = {});
+  static Manager open(std::string_view url, Options options, std::error_code& ec) noexcept;
+
+  /// The schema as versioned up/down SQL for this Manager's table, in version order.
+  std::vector<Migration> migrations() const;
+  /// Applies the missing migrations. Idempotent, and safe when several processes run it at once.
+  void migrate(const Call& call = {});
+  void migrate(std::error_code& ec, const Call& call = {}) noexcept;
+
+  /// A handle on `key` (1-255 arbitrary bytes). No round trip. errc::invalid_argument for a bad key.
+  Lock lock(std::string key) const;
+  Lock lock(std::string key, std::error_code& ec) const noexcept;
+
+  /// Acquires `key` and keeps extending it from the heartbeat thread until the Lease is destroyed.
+  /// errc::already_acquired when the key is still busy after options.wait.
+  Lease acquire(std::string key, const LeaseOptions& options = {}, const Call& call = {});
+  std::optional<Lease> acquire(std::string key, const LeaseOptions& options, std::error_code& ec,
+                               const Call& call = {}) noexcept;
+
+  /// Acquires `key`, runs fn(stop_token) while the heartbeat extends the lease, then releases it within
+  /// release_timeout, even if fn throws. Returns fn's result or rethrows its exception. If the lease is lost
+  /// while fn runs, fn's stop_token is requested, the loss is logged, and the call throws
+  /// errc::lease_lost once fn returns, because fn's result was not produced under a valid lease.
+  template <class Fn>
+  std::invoke_result_t<Fn&, std::stop_token> do_exclusively(std::string key, const ExclusiveOptions& options,
+                                                              Fn&& fn);
+
+  /// The URL with any password replaced by "***"; safe to log.
+  const std::string& masked_url() const noexcept;
+  /// "postgres" for now.
+  std::string_view backend_name() const noexcept;
+
+ private:
+  explicit Manager(std::shared_ptr<detail::ManagerState> state) noexcept;
+  static LeaseOptions lease_options(const ExclusiveOptions& o) noexcept {
+    return LeaseOptions{.ttl = o.ttl,
+                        .wait = o.wait,
+                        .extend_every = o.extend_every,
+                        .safety_margin = o.safety_margin,
+                        .release_timeout = o.release_timeout};
+  }
+  [[noreturn]] static void throw_lease_lost(const Lease& lease);
+  std::shared_ptr<detail::ManagerState> state_;
+};
+
+template <class Fn>
+std::invoke_result_t<Fn&, std::stop_token> Manager::do_exclusively(std::string key, const ExclusiveOptions& options,
+                                                                     Fn&& fn) {
+  using Result = std::invoke_result_t<Fn&, std::stop_token>;
+  Lease lease = acquire(std::move(key), lease_options(options));
+  auto finish = [&lease] {
+    std::error_code ignored;  // as in ~Lease: a failed release is reported to the logger
+    lease.finish(ignored);
+  };
+  if constexpr (std::is_void_v<Result>) {
+    try {
+      std::invoke(fn, lease.stop_token());
+    } catch (...) {
+      finish();
+      throw;
+    }
+    const bool lost = lease.lost();
+    finish();
+    if (lost) throw_lease_lost(lease);
+  } else {
+    std::optional<Result> result;
+    try {
+      result.emplace(std::invoke(fn, lease.stop_token()));
+    } catch (...) {
+      finish();
+      throw;
+    }
+    const bool lost = lease.lost();
+    finish();
+    if (lost) throw_lease_lost(lease);
+    return std::move(*result);
+  }
+}
+
+}  // namespace distrlock

@@ -1,0 +1,265 @@
+#include "backends/postgres/pg_backend.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <map>
+
+#include "backends/postgres/pg_connection.hpp"
+#include "core/state.hpp"
+#include "core/util.hpp"
+
+namespace distrlock::detail {
+namespace {
+
+using pg::ResultPtr;
+using pg::RunState;
+
+// Fixed OIDs of built-in types (pg_type.h): bytea, int8, text.
+constexpr Oid bytea_oid = 17;
+constexpr Oid int8_oid = 20;
+constexpr Oid text_oid = 25;
+
+enum Stmt : std::size_t { acquire_stmt, extend_stmt, release_stmt, extend_many_stmt, stmt_count };
+constexpr const char* stmt_names[stmt_count] = {"distrlock_acquire", "distrlock_extend", "distrlock_release",
+                                                 "distrlock_extend_many"};
+static_assert(stmt_count <= pg::Connection::max_statements);
+
+std::string quote_parts(const std::vector<std::string>& parts, std::string_view suffix = {}) {
+  std::string out;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += '.';
+    out += '"' + parts[i] + (i + 1 == parts.size() ? std::string(suffix) : std::string()) + '"';
+  }
+  return out;
+}
+
+// Milliseconds a timestamptz has left by the server's clock (never the client's).
+std::string millis_left(std::string_view column) {
+  return "floor(extract(epoch FROM " + std::string(column) + " - clock_timestamp()) * 1000)::int8";
+}
+
+std::int64_t to_int(const char* text) {
+  std::int64_t v = 0;
+  std::from_chars(text, text + std::char_traits<char>::length(text), v);
+  return v;
+}
+
+class PostgresBackend final : public Backend {
+ public:
+  PostgresBackend(std::string conninfo, const Options& options, std::vector<std::string> table)
+      : table_parts_(std::move(table)),
+        table_(quote_parts(table_parts_)),
+        pool_(std::move(conninfo), options.pool_size, options.connect_timeout) {
+    const std::string ttl = "$3::float8 * interval '1 millisecond'";
+    // Acquire: one upsert that takes the row when it is free, expired, or already ours; when it is not, the
+    // same statement returns the holder instead. Expiry is clock_timestamp() (not now(), which is the
+    // transaction's start) stored as timestamptz, so session time zones cannot skew it.
+    sql_[acquire_stmt] =
+        "WITH granted AS (INSERT INTO " + table_ + " AS l (key, token, fence, expires, owner) VALUES ($1, $2, 1, " +
+        "clock_timestamp() + " + ttl + ", $4) ON CONFLICT (key) DO UPDATE SET token = excluded.token, " +
+        "fence = l.fence + 1, expires = excluded.expires, owner = excluded.owner WHERE l.token IS NULL OR " +
+        "l.expires <= clock_timestamp() OR l.token = excluded.token RETURNING l.fence, l.expires) " +
+        "SELECT true, fence, " + millis_left("expires") + ", NULL::text FROM granted UNION ALL " +
+        "SELECT false, fence, " + millis_left("expires") + ", owner FROM " + table_ +
+        " WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM granted)";
+    sql_[extend_stmt] = "UPDATE " + table_ + " SET expires = clock_timestamp() + " + ttl +
+                        " WHERE key = $1 AND token = $2 AND expires > clock_timestamp() RETURNING " +
+                        millis_left("expires");
+    sql_[release_stmt] = "UPDATE " + table_ +
+                         " SET token = NULL, owner = NULL, expires = clock_timestamp() WHERE key = $1 AND token = $2 "
+                         "AND expires > clock_timestamp() RETURNING fence";
+    sql_[extend_many_stmt] =
+        "UPDATE " + table_ + " AS l SET expires = clock_timestamp() + v.ttl * interval '1 millisecond' " +
+        "FROM unnest($1::text[], $2::text[], $3::float8[]) AS v(k, t, ttl) WHERE l.key = decode(v.k, 'hex') " +
+        "AND l.token = decode(v.t, 'hex') AND l.expires > clock_timestamp() RETURNING encode(l.key, 'hex'), " +
+        "encode(l.token, 'hex'), " + millis_left("l.expires");
+  }
+
+  std::string_view name() const noexcept override { return "postgres"; }
+
+  AcquireResult try_acquire(const OpContext& ctx, std::string_view key, std::string_view token, milliseconds ttl,
+                            std::string_view owner, std::error_code& ec) override {
+    const std::string ttl_text = std::to_string(ttl.count());
+    const std::string owner_text(owner);
+    const char* values[] = {key.data(), token.data(), ttl_text.c_str(), owner_text.c_str()};
+    const int lengths[] = {static_cast<int>(key.size()), static_cast<int>(token.size()), 0, 0};
+    const int formats[] = {1, 1, 0, 0};
+    ResultPtr r = exec(ctx, acquire_stmt, 4, values, lengths, formats, ec);
+    AcquireResult out;
+    if (ec) return out;
+    if (PQntuples(r.get()) == 0) return out;  // the holder committed after our snapshot: busy, holder unknown
+    out.granted = PQgetvalue(r.get(), 0, 0)[0] == 't';
+    out.fence = to_int(PQgetvalue(r.get(), 0, 1));
+    out.expires_in = milliseconds{std::max<std::int64_t>(0, to_int(PQgetvalue(r.get(), 0, 2)))};
+    if (!out.granted) out.holder = PQgetvalue(r.get(), 0, 3);
+    return out;
+  }
+
+  milliseconds extend(const OpContext& ctx, std::string_view key, std::string_view token, milliseconds ttl,
+                      std::error_code& ec) override {
+    const std::string ttl_text = std::to_string(ttl.count());
+    const char* values[] = {key.data(), token.data(), ttl_text.c_str()};
+    const int lengths[] = {static_cast<int>(key.size()), static_cast<int>(token.size()), 0};
+    const int formats[] = {1, 1, 0};
+    ResultPtr r = exec(ctx, extend_stmt, 3, values, lengths, formats, ec);
+    if (ec || PQntuples(r.get()) == 0) return milliseconds{-1};
+    return milliseconds{std::max<std::int64_t>(0, to_int(PQgetvalue(r.get(), 0, 0)))};
+  }
+
+  bool release(const OpContext& ctx, std::string_view key, std::string_view token, std::error_code& ec) override {
+    const char* values[] = {key.data(), token.data()};
+    const int lengths[] = {static_cast<int>(key.size()), static_cast<int>(token.size())};
+    const int formats[] = {1, 1};
+    ResultPtr r = exec(ctx, release_stmt, 2, values, lengths, formats, ec);
+    return !ec && PQntuples(r.get()) > 0;
+  }
+
+  std::vector<milliseconds> extend_many(const OpContext& ctx, std::span<const ExtendRequest> requests,
+                                        std::error_code& ec) override {
+    std::vector<milliseconds> left(requests.size(), milliseconds{-1});
+    if (requests.empty()) return left;
+    // Arrays travel as text literals of hex strings, which need no quoting inside {...}.
+    std::string keys = "{", tokens = "{", ttls = "{";
+    std::map<std::string, std::vector<std::size_t>> index;
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      const std::string k = to_hex(requests[i].key);
+      const std::string t = to_hex(requests[i].token);
+      const char* sep = i == 0 ? "" : ",";
+      keys += sep + k;
+      tokens += sep + t;
+      ttls += sep + std::to_string(requests[i].ttl.count());
+      index[k + ':' + t].push_back(i);
+    }
+    keys += '}';
+    tokens += '}';
+    ttls += '}';
+    const char* values[] = {keys.c_str(), tokens.c_str(), ttls.c_str()};
+    ResultPtr r = exec(ctx, extend_many_stmt, 3, values, nullptr, nullptr, ec);
+    if (ec) return left;
+    for (int row = 0; row < PQntuples(r.get()); ++row) {
+      const auto it = index.find(std::string(PQgetvalue(r.get(), row, 0)) + ':' + PQgetvalue(r.get(), row, 1));
+      if (it == index.end()) continue;
+      for (const std::size_t i : it->second)
+        left[i] = milliseconds{std::max<std::int64_t>(0, to_int(PQgetvalue(r.get(), row, 2)))};
+    }
+    return left;
+  }
+
+  std::vector<Migration> migrations() const override {
+    return {Migration{
+        1, "0001_create_lock_table",
+        "CREATE TABLE IF NOT EXISTS " + table_ +
+            " (\n"
+            "  key     bytea PRIMARY KEY CHECK (octet_length(key) BETWEEN 1 AND 255),\n"
+            "  token   bytea CHECK (octet_length(token) BETWEEN 1 AND 128),\n"
+            "  fence   bigint NOT NULL,\n"
+            "  expires timestamptz NOT NULL,\n"
+            "  owner   text\n"
+            ")",
+        "DROP TABLE IF EXISTS " + table_}};
+  }
+
+  void migrate(const OpContext& ctx, std::error_code& ec) override {
+    // One script, one round trip. The advisory lock serialises concurrent migrators; the version table
+    // makes re-runs no-ops. On a caller's connection the caller's transaction frames it instead.
+    const std::string versions = quote_parts(table_parts_, "_migrations");
+    std::string body = "SELECT pg_advisory_xact_lock(7242018419356113);\n"
+                       "CREATE TABLE IF NOT EXISTS " + versions +
+                       " (version int PRIMARY KEY, id text NOT NULL, "
+                       "applied_at timestamptz NOT NULL DEFAULT clock_timestamp());\n";
+    for (const Migration& m : migrations()) {
+      body += "DO $distrlock$ BEGIN IF NOT EXISTS (SELECT 1 FROM " + versions + " WHERE version = " +
+              std::to_string(m.version) + ") THEN\n" + m.up + ";\nINSERT INTO " + versions +
+              " (version, id) VALUES (" + std::to_string(m.version) + ", '" + m.id + "');\nEND IF; END $distrlock$;\n";
+    }
+    const std::string script = ctx.connection ? body : "BEGIN;\n" + body + "COMMIT;";
+    auto send = [&script](PGconn* c) { return PQsendQuery(c, script.c_str()); };
+    if (ctx.connection) {
+      RunState st;
+      if (PGconn* c = caller_connection(ctx, ec)) pg::run(c, send, ctx, ec, st);
+      return;
+    }
+    on_pool(ctx, ec, [&](pg::Connection& c, RunState& st) { return pg::run(c.conn.get(), send, ctx, ec, st); });
+  }
+
+ private:
+  PGconn* caller_connection(const OpContext& ctx, std::error_code& ec) const {
+    if (ctx.connection.kind() != NativeConnection::Kind::postgres) {
+      fail(ec, errc::invalid_argument, "the connection passed in Call is not a PostgreSQL connection");
+      return nullptr;
+    }
+    return static_cast<PGconn*>(ctx.connection.handle());
+  }
+
+  /// Runs `body` on a pooled connection. A connection that broke is dropped; when nothing reached the server,
+  /// the attempt is repeated once on a fresh connection, which is safe because nothing can have happened.
+  template <class Body>
+  ResultPtr on_pool(const OpContext& ctx, std::error_code& ec, Body&& body) {
+    for (int attempt = 0;; ++attempt) {
+      pg::Pool::Handle h = pool_.get(ctx, ec);
+      if (!h) return nullptr;
+      RunState st;
+      ResultPtr r = body(*h.operator->(), st);
+      if (st.broken) h.discard();
+      if (ec && !st.sent && st.broken && attempt == 0) {
+        ec.clear();
+        continue;
+      }
+      return r;
+    }
+  }
+
+  ResultPtr exec(const OpContext& ctx, Stmt id, int n, const char* const* values, const int* lengths,
+                 const int* formats, std::error_code& ec) {
+    static constexpr Oid types[stmt_count][4] = {{bytea_oid, bytea_oid, int8_oid, text_oid},
+                                                 {bytea_oid, bytea_oid, int8_oid, 0},
+                                                 {bytea_oid, bytea_oid, 0, 0},
+                                                 {0, 0, 0, 0}};
+    const std::string& sql = sql_[id];
+    if (ctx.connection) {
+      // The caller's connection: unnamed statement, so nothing is left behind in the caller's session.
+      PGconn* conn = caller_connection(ctx, ec);
+      if (conn == nullptr) return nullptr;
+      RunState st;
+      return pg::run(
+          conn, [&](PGconn* c) { return PQsendQueryParams(c, sql.c_str(), n, types[id], values, lengths, formats, 0); },
+          ctx, ec, st);
+    }
+    return on_pool(ctx, ec, [&](pg::Connection& c, RunState& st) -> ResultPtr {
+      if (!c.prepared[id]) {
+        pg::run(c.conn.get(), [&](PGconn* pc) { return PQsendPrepare(pc, stmt_names[id], sql.c_str(), n, types[id]); },
+                ctx, ec, st);
+        if (ec) return nullptr;
+        c.prepared[id] = true;
+      }
+      return pg::run(
+          c.conn.get(),
+          [&](PGconn* pc) { return PQsendQueryPrepared(pc, stmt_names[id], n, values, lengths, formats, 0); }, ctx,
+          ec, st);
+    });
+  }
+
+  const std::vector<std::string> table_parts_;
+  const std::string table_;
+  std::array<std::string, stmt_count> sql_;
+  pg::Pool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_postgres_backend(std::string conninfo, const Options& options,
+                                               std::vector<std::string> table) {
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), &err);
+  if (parsed == nullptr) {
+    std::string why = err != nullptr ? err : "out of memory";
+    if (err != nullptr) PQfreemem(err);
+    while (!why.empty() && why.back() == '\n') why.pop_back();
+    throw error(errc::invalid_argument,
+                "distrlock: bad PostgreSQL connection string " + mask_password(conninfo) + ": " + why);
+  }
+  PQconninfoFree(parsed);
+  return std::make_unique<PostgresBackend>(std::move(conninfo), options, std::move(table));
+}
+
+}  // namespace distrlock::detail

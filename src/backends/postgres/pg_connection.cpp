@@ -1,0 +1,242 @@
+#include "backends/postgres/pg_connection.hpp"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "core/state.hpp"
+
+namespace distrlock::detail::pg {
+namespace {
+
+// How long to wait for the server to answer a cancel request before giving the connection up.
+constexpr milliseconds cancel_grace{2000};
+// Without a stop_token to watch, poll sleeps until the deadline; with one, it wakes this often to look.
+constexpr milliseconds stop_poll_slice{20};
+
+std::string trimmed(const char* message) {
+  std::string s = message != nullptr ? message : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  std::replace(s.begin(), s.end(), '\n', ' ');
+  return s;
+}
+
+int poll_ms(Clock::time_point until, bool slice) {
+  auto left = std::chrono::ceil<milliseconds>(until - Clock::now());
+  if (slice) left = std::min(left, stop_poll_slice);
+  return static_cast<int>(std::clamp<milliseconds::rep>(left.count(), 0, 60'000));
+}
+
+void request_cancel(PGconn* conn) {
+  PGcancel* cancel = PQgetCancel(conn);
+  if (cancel == nullptr) return;
+  char err[256];
+  PQcancel(cancel, err, sizeof err);  // best effort: if it fails, the grace period below still bounds us
+  PQfreeCancel(cancel);
+}
+
+}  // namespace
+
+errc map_sqlstate(std::string_view s) {
+  if (s == "42P01" || s == "3F000") return errc::not_migrated;  // undefined table / schema
+  if (s == "40001" || s == "40P01") return errc::conflict;      // serialization failure, deadlock
+  if (s == "57014") return errc::cancelled;                     // query_canceled (by someone else)
+  if (s == "55P03") return errc::timeout;                       // lock_not_available (lock_timeout)
+  if (s.starts_with("08") || s == "57P01" || s == "57P02" || s == "57P03" || s.starts_with("53"))
+    return errc::unavailable;
+  if (s.starts_with("22") || s == "23514") return errc::invalid_argument;  // data exception, check violation
+  return errc::backend_error;
+}
+
+ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpContext& ctx, std::error_code& ec,
+              RunState& state) {
+  state = RunState{};
+  const bool was_nonblocking = PQisnonblocking(conn) == 1;
+  if (!was_nonblocking) PQsetnonblocking(conn, 1);
+  struct Restore {
+    PGconn* conn;
+    bool was_nonblocking;
+    ~Restore() {
+      if (!was_nonblocking && PQstatus(conn) == CONNECTION_OK) PQsetnonblocking(conn, 0);
+    }
+  } restore{conn, was_nonblocking};
+
+  if (send(conn) == 0) {
+    state.broken = PQstatus(conn) != CONNECTION_OK;
+    fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn)));
+    return nullptr;
+  }
+  state.sent = true;
+
+  const int fd = PQsocket(conn);
+  bool cancelling = false;
+  errc cancel_reason = errc::timeout;
+  Clock::time_point give_up{};
+  ResultPtr kept;
+  while (true) {
+    const int flushed = PQflush(conn);  // 0: all sent, 1: more to send, -1: failed
+    if (flushed < 0) {
+      state.broken = true;
+      fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn)));
+      return nullptr;
+    }
+    if (flushed == 0 && PQisBusy(conn) == 0) {
+      PGresult* r = PQgetResult(conn);
+      if (r == nullptr) break;  // the command is complete
+      const bool failed = PQresultStatus(r) == PGRES_FATAL_ERROR;
+      if (!kept || (failed && PQresultStatus(kept.get()) != PGRES_FATAL_ERROR)) kept.reset(r);
+      else PQclear(r);
+      continue;
+    }
+    const Clock::time_point now = Clock::now();
+    if (!cancelling && (ctx.stop.stop_requested() || now >= ctx.deadline)) {
+      cancel_reason = ctx.stop.stop_requested() ? errc::cancelled : errc::timeout;
+      request_cancel(conn);
+      cancelling = true;
+      give_up = Clock::now() + cancel_grace;
+    }
+    if (cancelling && now >= give_up) {
+      state.broken = true;  // the server never answered: nothing more can be read from this connection
+      fail(ec, cancel_reason, "the server did not answer the cancel request");
+      return nullptr;
+    }
+    pollfd p{fd, static_cast<short>(POLLIN | (flushed == 1 ? POLLOUT : 0)), 0};
+    const int n = ::poll(&p, 1, poll_ms(cancelling ? give_up : ctx.deadline, !cancelling && ctx.stop.stop_possible()));
+    if (n > 0 && (p.revents & (POLLIN | POLLERR | POLLHUP)) != 0 && PQconsumeInput(conn) == 0) {
+      state.broken = true;
+      fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn)));
+      return nullptr;
+    }
+  }
+  if (PQstatus(conn) != CONNECTION_OK) state.broken = true;
+  if (!kept) {
+    fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn)));
+    return nullptr;
+  }
+  const ExecStatusType status = PQresultStatus(kept.get());
+  if (status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE || status == PGRES_NONFATAL_ERROR) {
+    const char* sqlstate = PQresultErrorField(kept.get(), PG_DIAG_SQLSTATE);
+    const std::string_view code = sqlstate != nullptr ? sqlstate : "";
+    errc e = code.empty() ? errc::unavailable : map_sqlstate(code);
+    if (cancelling && code == "57014") e = cancel_reason;
+    fail(ec, e, (code.empty() ? "" : std::string(code) + " ") + trimmed(PQresultErrorMessage(kept.get())));
+  }
+  return kept;
+}
+
+ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, milliseconds connect_timeout,
+                std::error_code& ec) {
+  const char* keys[] = {"dbname", "fallback_application_name", nullptr};
+  const char* values[] = {conninfo.c_str(), "distrlock", nullptr};
+  ConnPtr conn(PQconnectStartParams(keys, values, 1));
+  if (!conn) {
+    fail(ec, errc::unavailable, "out of memory opening a connection");
+    return nullptr;
+  }
+  if (PQstatus(conn.get()) == CONNECTION_BAD) {
+    fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn.get())));
+    return nullptr;
+  }
+  const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
+  PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+  while (st != PGRES_POLLING_OK) {
+    if (st == PGRES_POLLING_FAILED) {
+      fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn.get())));
+      return nullptr;
+    }
+    pollfd p{PQsocket(conn.get()), static_cast<short>(st == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
+    if (Clock::now() >= limit || ::poll(&p, 1, poll_ms(limit, false)) == 0) {
+      fail(ec, errc::unavailable,
+           "connecting took longer than " + std::to_string(connect_timeout.count()) + " ms or the call's deadline");
+      return nullptr;
+    }
+    st = PQconnectPoll(conn.get());
+  }
+  return conn;
+}
+
+Pool::Handle& Pool::Handle::operator=(Handle&& o) noexcept {
+  if (this != &o) {
+    if (conn_) pool_->put_back(std::move(conn_), true);
+    pool_ = o.pool_;
+    conn_ = std::move(o.conn_);
+  }
+  return *this;
+}
+
+Pool::Handle::~Handle() {
+  if (conn_) pool_->put_back(std::move(conn_), true);
+}
+
+void Pool::Handle::discard() noexcept {
+  if (conn_) pool_->put_back(std::move(conn_), false);
+}
+
+void Pool::put_back(std::unique_ptr<Connection> c, bool healthy) noexcept {
+  const bool keep = healthy && PQstatus(c->conn.get()) == CONNECTION_OK &&
+                    PQtransactionStatus(c->conn.get()) == PQTRANS_IDLE;
+  {
+    std::lock_guard lk(mu_);
+    if (keep) {
+      idle_.push_back(std::move(c));
+    } else {
+      --open_;
+    }
+  }
+  cv_.notify_one();
+  // A dropped connection closes here, outside the lock.
+}
+
+Pool::Handle Pool::get(const OpContext& ctx, std::error_code& ec) {
+  std::unique_lock lk(mu_);
+  milliseconds backoff{50};
+  while (true) {
+    while (!idle_.empty()) {
+      std::unique_ptr<Connection> c = std::move(idle_.back());
+      idle_.pop_back();
+      // An idle connection has nothing to read unless the server closed it (terminated backend, restart):
+      // drop it before sending anything, so that a statement is only ever sent on a live connection.
+      pollfd p{PQsocket(c->conn.get()), POLLIN, 0};
+      if (p.fd >= 0 && ::poll(&p, 1, 0) == 0) return Handle(this, std::move(c));
+      --open_;
+      lk.unlock();
+      c.reset();
+      lk.lock();
+    }
+    if (open_ < max_size_) {
+      ++open_;
+      lk.unlock();
+      while (true) {
+        std::error_code connect_ec;
+        ConnPtr conn = connect(conninfo_, ctx.deadline, connect_timeout_, connect_ec);
+        if (conn) {
+          auto c = std::make_unique<Connection>();
+          c->conn = std::move(conn);
+          return Handle(this, std::move(c));
+        }
+        const Clock::time_point retry_at = Clock::now() + backoff;
+        if (retry_at >= ctx.deadline || ctx.stop.stop_requested()) {
+          ec = connect_ec;  // detail was set by connect()
+          lk.lock();
+          --open_;
+          lk.unlock();
+          cv_.notify_one();
+          return Handle();
+        }
+        std::mutex sleep_mu;
+        std::unique_lock sleep_lk(sleep_mu);
+        std::condition_variable_any sleeper;
+        sleeper.wait_until(sleep_lk, ctx.stop, retry_at, [] { return false; });
+        backoff = std::min(backoff * 2, milliseconds{1000});
+      }
+    }
+    if (!cv_.wait_until(lk, ctx.stop, ctx.deadline, [this] { return !idle_.empty() || open_ < max_size_; })) {
+      fail(ec, ctx.stop.stop_requested() ? errc::cancelled : errc::timeout,
+           "no pooled connection became free before the deadline");
+      return Handle();
+    }
+  }
+}
+
+}  // namespace distrlock::detail::pg

@@ -1,0 +1,64 @@
+// The one seam between the core and a database. Everything above it (waiting, heartbeats, RAII leases,
+// do_exclusively) is written once; a backend only runs statements. All calls report failure through
+// std::error_code and never throw; a backend must be thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "distrlock/manager.hpp"
+#include "distrlock/options.hpp"
+
+namespace distrlock::detail {
+
+using std::chrono::milliseconds;
+
+/// Where and until when one statement may run.
+struct OpContext {
+  Clock::time_point deadline;
+  std::stop_token stop;
+  NativeConnection connection;  // empty: use the backend's pool
+};
+
+/// The answer to an acquire attempt: a grant, or the current holder.
+struct AcquireResult {
+  bool granted = false;
+  std::int64_t fence = 0;   // granted: the new fencing token
+  milliseconds expires_in{0};  // granted: lease left; busy: holder's lease left (0 if unknown)
+  std::string holder;       // busy: the holder's owner string, if known
+};
+
+struct ExtendRequest {
+  std::string_view key;
+  std::string_view token;
+  milliseconds ttl;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const noexcept = 0;
+
+  virtual AcquireResult try_acquire(const OpContext& ctx, std::string_view key, std::string_view token,
+                                    milliseconds ttl, std::string_view owner, std::error_code& ec) = 0;
+  /// Returns the lease's new time left, or a negative duration when `token` no longer holds the key.
+  virtual milliseconds extend(const OpContext& ctx, std::string_view key, std::string_view token, milliseconds ttl,
+                              std::error_code& ec) = 0;
+  /// Returns false when `token` no longer held a valid lease on the key.
+  virtual bool release(const OpContext& ctx, std::string_view key, std::string_view token, std::error_code& ec) = 0;
+  /// Extends many leases in as few statements as the backend allows. Returns, per request, the new time
+  /// left, or a negative duration for a lease that is no longer held.
+  virtual std::vector<milliseconds> extend_many(const OpContext& ctx, std::span<const ExtendRequest> requests,
+                                                std::error_code& ec) = 0;
+
+  virtual std::vector<Migration> migrations() const = 0;
+  virtual void migrate(const OpContext& ctx, std::error_code& ec) = 0;
+};
+
+}  // namespace distrlock::detail

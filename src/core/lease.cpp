@@ -1,0 +1,136 @@
+#include "distrlock/lease.hpp"
+
+#include <algorithm>
+
+#include "core/state.hpp"
+#include "core/util.hpp"
+#include "distrlock/manager.hpp"
+
+namespace distrlock {
+namespace detail {
+
+/// Everything a Lease owns: the manager (kept alive for the release), the lock, and the heartbeat entry.
+struct LeaseState {
+  std::shared_ptr<ManagerState> manager;
+  Lock lock;
+  std::shared_ptr<Beat> beat;
+  milliseconds release_timeout{0};
+  bool finished = false;
+};
+
+}  // namespace detail
+
+using detail::fail;
+using detail::throw_error;
+
+Lease::Lease(std::shared_ptr<detail::LeaseState> state) noexcept : state_(std::move(state)) {}
+Lease::Lease(Lease&&) noexcept = default;
+
+Lease& Lease::operator=(Lease&& other) noexcept {
+  if (this != &other) {
+    std::error_code ignored;
+    finish(ignored);
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+Lease::~Lease() {
+  std::error_code ignored;
+  finish(ignored);
+}
+
+const std::string& Lease::key() const noexcept { return state_->beat->key; }
+const std::string& Lease::token() const noexcept { return state_->beat->token; }
+std::int64_t Lease::fencing_token() const noexcept { return state_->beat->fence; }
+std::stop_token Lease::stop_token() const noexcept { return state_->beat->stop.get_token(); }
+bool Lease::lost() const noexcept { return state_->beat->lost.load(); }
+
+void Lease::release() {
+  std::error_code ec;
+  release(ec);
+  if (ec) throw_error(ec, "release " + detail::describe(key(), token()));
+}
+
+void Lease::release(std::error_code& ec) noexcept {
+  ec.clear();
+  if (!state_ || state_->finished) {
+    fail(ec, errc::already_released, "the lease was already released");
+    return;
+  }
+  detail::ManagerState& m = *state_->manager;
+  state_->finished = true;
+  m.heartbeat.remove(state_->beat);
+  const bool was_lost = lost();
+  state_->beat->stop.request_stop();  // the guarded work must not go on past the release
+  Call call;
+  call.deadline = Clock::now() + state_->release_timeout;
+  state_->lock.release(ec, call);
+  if (was_lost && !ec) {
+    // The heartbeat gave up on it, yet the server still had it: released now, but the work was stopped.
+    m.log(LogLevel::info, "released " + detail::describe(key(), token()) + " after it was reported lost");
+  }
+}
+
+void Lease::finish(std::error_code& ec) noexcept {
+  if (!state_ || state_->finished) return;
+  release(ec);
+  if (!ec) return;
+  detail::ManagerState& m = *state_->manager;
+  const std::string detail = detail::take_last_detail();
+  if (ec == errc::already_released && lost()) return;  // the loss itself was already reported
+  m.log(outcome_may_be_unknown(ec) ? LogLevel::error : LogLevel::warning,
+        "could not release " + detail::describe(key(), token()) + " on " + m.masked_url + ": " + ec.message() +
+            (detail.empty() ? "" : ": " + detail) +
+            (outcome_may_be_unknown(ec) ? "; the lease ends by its TTL at the latest" : ""));
+}
+
+Lease Manager::acquire(std::string key, const LeaseOptions& options, const Call& call) {
+  std::error_code ec;
+  std::optional<Lease> lease = acquire(key, options, ec, call);
+  if (ec) throw_error(ec, "acquire " + detail::describe(key, {}));
+  return std::move(*lease);
+}
+
+std::optional<Lease> Manager::acquire(std::string key, const LeaseOptions& options, std::error_code& ec,
+                                      const Call& call) noexcept {
+  ec.clear();
+  try {
+    const milliseconds extend_every =
+        options.extend_every > milliseconds{0} ? options.extend_every : std::max(options.ttl / 3, milliseconds{1});
+    const milliseconds margin =
+        options.safety_margin > milliseconds{0} ? options.safety_margin : std::max(options.ttl / 5, milliseconds{1});
+    if (options.extend_every < milliseconds{0} || options.safety_margin < milliseconds{0} ||
+        options.release_timeout < milliseconds{0}) {
+      fail(ec, errc::invalid_argument, "extend_every, safety_margin and release_timeout must be >= 0");
+      return std::nullopt;
+    }
+    if (options.ttl > milliseconds{0} && margin >= options.ttl) {
+      fail(ec, errc::invalid_argument, "safety_margin must be shorter than ttl");
+      return std::nullopt;
+    }
+    Lock lock = this->lock(std::move(key), ec);
+    if (ec) return std::nullopt;
+    lock.acquire(options.ttl, options.wait, ec, call);
+    if (ec) return std::nullopt;
+
+    auto beat = std::make_shared<detail::Beat>();
+    beat->key = lock.key();
+    beat->token = *lock.token();
+    beat->fence = *lock.fencing_token();
+    beat->ttl = options.ttl;
+    beat->extend_every = extend_every;
+    beat->safety_margin = margin;
+    beat->valid_until = lock.valid_until_;
+    auto state = std::make_shared<detail::LeaseState>(detail::LeaseState{
+        state_, std::move(lock), beat,
+        options.release_timeout > milliseconds{0} ? options.release_timeout : state_->options.operation_timeout});
+    state_->heartbeat.add(beat);
+    return Lease(std::move(state));
+  } catch (const std::exception& e) {
+    fail(ec, errc::backend_error, e.what());
+    return std::nullopt;
+  }
+}
+
+}  // namespace distrlock

@@ -1,0 +1,152 @@
+#include "distrlock/manager.hpp"
+
+#include <cstdio>
+#include <mutex>
+
+#include "core/state.hpp"
+#include "core/util.hpp"
+
+#ifdef DISTRLOCK_WITH_POSTGRES
+#include "backends/postgres/pg_backend.hpp"
+#endif
+
+namespace distrlock {
+namespace detail {
+
+namespace {
+thread_local std::string last_detail;
+}
+
+void set_last_detail(std::string detail) { last_detail = std::move(detail); }
+std::string take_last_detail() { return std::exchange(last_detail, std::string()); }
+
+std::error_code fail(std::error_code& ec, errc e, std::string detail) {
+  set_last_detail(std::move(detail));
+  ec = e;
+  return ec;
+}
+
+void throw_error(std::error_code ec, const std::string& what) {
+  const std::string detail = take_last_detail();
+  throw error(ec, "distrlock: " + what + ": " + ec.message() + (detail.empty() ? "" : ": " + detail));
+}
+
+std::string describe(std::string_view key, std::string_view token) {
+  std::string s = "key=\"" + printable(key) + "\"";
+  if (!token.empty()) s += " token=" + printable(token);
+  return s;
+}
+
+void ManagerState::log(LogLevel level, const std::string& message) const noexcept {
+  try {
+    options.logger(level, message);
+  } catch (...) {  // a throwing logger must not take the heartbeat or a destructor down with it
+  }
+}
+
+OpContext ManagerState::context(const Call& call, milliseconds extra) const {
+  return OpContext{call.deadline.value_or(Clock::now() + extra + options.operation_timeout), call.stop,
+                   call.connection};
+}
+
+}  // namespace detail
+
+Logger stderr_logger(LogLevel min_level) {
+  return [min_level](LogLevel level, std::string_view message) {
+    if (level < min_level) return;
+    static std::mutex mu;  // keep concurrent lines whole
+    const char* name = level == LogLevel::error ? "error" : level == LogLevel::warning ? "warning" : "info";
+    std::lock_guard lk(mu);
+    std::fprintf(stderr, "distrlock: %s: %.*s\n", name, static_cast<int>(message.size()), message.data());
+  };
+}
+
+using detail::fail;
+using detail::throw_error;
+
+Manager::Manager(std::shared_ptr<detail::ManagerState> state) noexcept : state_(std::move(state)) {}
+
+Manager Manager::open(std::string_view url, Options options) {
+  std::error_code ec;
+  Manager m = open(url, std::move(options), ec);
+  if (ec) throw_error(ec, "open " + detail::mask_password(url));
+  return m;
+}
+
+Manager Manager::open(std::string_view url, Options options, std::error_code& ec) noexcept {
+  ec.clear();
+  try {
+    const std::string masked = detail::mask_password(url);
+    std::string reason;
+    const std::vector<std::string> table = detail::parse_table_name(options.table, reason);
+    if (table.empty()) return (fail(ec, errc::invalid_argument, reason), Manager(nullptr));
+    if (options.pool_size == 0) return (fail(ec, errc::invalid_argument, "pool_size must be >= 1"), Manager(nullptr));
+    if (options.operation_timeout <= milliseconds{0} || options.connect_timeout <= milliseconds{0})
+      return (fail(ec, errc::invalid_argument, "operation_timeout and connect_timeout must be > 0"), Manager(nullptr));
+    if (options.owner.empty()) options.owner = detail::default_owner();
+    if (!options.logger) options.logger = stderr_logger();
+
+    auto state = std::make_shared<detail::ManagerState>();
+    state->masked_url = masked;
+    const bool is_pg_url = url.starts_with("postgresql://") || url.starts_with("postgres://");
+    const bool is_pg_kv = url.find("://") == std::string_view::npos && url.find('=') != std::string_view::npos;
+    if (is_pg_url || is_pg_kv) {
+#ifdef DISTRLOCK_WITH_POSTGRES
+      state->backend = detail::make_postgres_backend(std::string(url), options, table);
+#else
+      return (fail(ec, errc::invalid_argument, "this build has no PostgreSQL backend: " + masked), Manager(nullptr));
+#endif
+    } else {
+      const std::size_t colon = url.find(':');
+      const std::string scheme(url.substr(0, colon == std::string_view::npos ? url.size() : colon));
+      return (fail(ec, errc::invalid_argument,
+                   "unknown database URL scheme \"" + detail::printable(scheme) +
+                       "\" (expected postgresql://, postgres:// or a libpq key=value string)"),
+              Manager(nullptr));
+    }
+    state->options = std::move(options);
+    return Manager(std::move(state));
+  } catch (const error& e) {
+    fail(ec, errc::invalid_argument, e.what());
+    return Manager(nullptr);
+  } catch (const std::exception& e) {
+    fail(ec, errc::backend_error, e.what());
+    return Manager(nullptr);
+  }
+}
+
+std::vector<Migration> Manager::migrations() const { return state_->backend->migrations(); }
+
+void Manager::migrate(const Call& call) {
+  std::error_code ec;
+  migrate(ec, call);
+  if (ec) throw_error(ec, "migrate " + state_->masked_url);
+}
+
+void Manager::migrate(std::error_code& ec, const Call& call) noexcept {
+  ec.clear();
+  state_->backend->migrate(state_->context(call), ec);
+}
+
+Lock Manager::lock(std::string key) const {
+  std::error_code ec;
+  Lock l = lock(std::move(key), ec);
+  if (ec) throw_error(ec, "lock");
+  return l;
+}
+
+Lock Manager::lock(std::string key, std::error_code& ec) const noexcept {
+  ec.clear();
+  if (std::string reason = detail::check_key(key); !reason.empty()) fail(ec, errc::invalid_argument, reason);
+  return Lock(state_, std::move(key));
+}
+
+const std::string& Manager::masked_url() const noexcept { return state_->masked_url; }
+std::string_view Manager::backend_name() const noexcept { return state_->backend->name(); }
+
+void Manager::throw_lease_lost(const Lease& lease) {
+  throw error(errc::lease_lost, "distrlock: " + detail::describe(lease.key(), lease.token()) +
+                                    ": lease lost while the work ran; its result was discarded");
+}
+
+}  // namespace distrlock
