@@ -68,6 +68,12 @@ class Manager {
   template <class Fn>
   std::invoke_result_t<Fn&, std::stop_token> do_exclusively(std::string key, const ExclusiveOptions& options,
                                                               Fn&& fn);
+  /// The same, reporting the library's own failures (busy, lease lost, ...) through `ec` instead of
+  /// throwing: returns the result only when `ec` is clear. Exceptions thrown by fn still propagate.
+  template <class Fn>
+  auto do_exclusively(std::string key, const ExclusiveOptions& options, Fn&& fn, std::error_code& ec)
+      -> std::conditional_t<std::is_void_v<std::invoke_result_t<Fn&, std::stop_token>>, void,
+                            std::optional<std::invoke_result_t<Fn&, std::stop_token>>>;
 
   /// The URL with any password replaced by "***"; safe to log.
   const std::string& masked_url() const noexcept;
@@ -83,41 +89,43 @@ class Manager {
                         .safety_margin = o.safety_margin,
                         .release_timeout = o.release_timeout};
   }
-  [[noreturn]] static void throw_lease_lost(const Lease& lease);
+  /// Throws distrlock::error for a do_exclusively failure on `key`, with the library's detail text.
+  [[noreturn]] static void throw_exclusive_error(std::error_code ec, const std::string& key);
   std::shared_ptr<detail::ManagerState> state_;
 };
 
 template <class Fn>
 std::invoke_result_t<Fn&, std::stop_token> Manager::do_exclusively(std::string key, const ExclusiveOptions& options,
                                                                      Fn&& fn) {
-  using Result = std::invoke_result_t<Fn&, std::stop_token>;
-  Lease lease = acquire(std::move(key), lease_options(options));
-  auto finish = [&lease] {
-    std::error_code ignored;  // as in ~Lease: a failed release is reported to the logger
-    lease.finish(ignored);
-  };
-  if constexpr (std::is_void_v<Result>) {
-    try {
-      std::invoke(fn, lease.stop_token());
-    } catch (...) {
-      finish();
-      throw;
-    }
-    const bool lost = lease.lost();
-    finish();
-    if (lost) throw_lease_lost(lease);
+  std::error_code ec;
+  const std::string name = key;
+  if constexpr (std::is_void_v<std::invoke_result_t<Fn&, std::stop_token>>) {
+    do_exclusively(std::move(key), options, std::forward<Fn>(fn), ec);
+    if (ec) throw_exclusive_error(ec, name);
   } else {
-    std::optional<Result> result;
-    try {
-      result.emplace(std::invoke(fn, lease.stop_token()));
-    } catch (...) {
-      finish();
-      throw;
-    }
-    const bool lost = lease.lost();
-    finish();
-    if (lost) throw_lease_lost(lease);
+    auto result = do_exclusively(std::move(key), options, std::forward<Fn>(fn), ec);
+    if (ec) throw_exclusive_error(ec, name);
     return std::move(*result);
+  }
+}
+
+template <class Fn>
+auto Manager::do_exclusively(std::string key, const ExclusiveOptions& options, Fn&& fn, std::error_code& ec)
+    -> std::conditional_t<std::is_void_v<std::invoke_result_t<Fn&, std::stop_token>>, void,
+                          std::optional<std::invoke_result_t<Fn&, std::stop_token>>> {
+  using Result = std::invoke_result_t<Fn&, std::stop_token>;
+  // ~Lease releases on every way out, exceptions from fn included, within release_timeout.
+  std::optional<Lease> lease = acquire(std::move(key), lease_options(options), ec);
+  if constexpr (std::is_void_v<Result>) {
+    if (ec) return;
+    std::invoke(fn, lease->stop_token());
+    if (lease->lost()) ec = errc::lease_lost;
+  } else {
+    if (ec) return std::nullopt;
+    std::optional<Result> result(std::invoke(fn, lease->stop_token()));
+    if (!lease->lost()) return result;
+    ec = errc::lease_lost;
+    return std::nullopt;
   }
 }
 

@@ -39,7 +39,8 @@ void Heartbeat::mark_lost_locked(Beat& beat, const char* why) {
   beat.lost.store(true);
   beat.stop.request_stop();
   manager_.log(LogLevel::warning, std::string("lease lost: ") + describe(beat.key, beat.token) + " fence=" +
-                                      std::to_string(beat.fence) + ": " + why + "; the work it guards was told to stop");
+                                      std::to_string(beat.fence) + " on " + manager_.masked_url + ": " + why +
+                                      "; the work it guards was told to stop");
 }
 
 void Heartbeat::run(std::stop_token stop) {

@@ -144,9 +144,9 @@ Lock Manager::lock(std::string key, std::error_code& ec) const noexcept {
 const std::string& Manager::masked_url() const noexcept { return state_->masked_url; }
 std::string_view Manager::backend_name() const noexcept { return state_->backend->name(); }
 
-void Manager::throw_lease_lost(const Lease& lease) {
-  throw error(errc::lease_lost, "distrlock: " + detail::describe(lease.key(), lease.token()) +
-                                    ": lease lost while the work ran; its result was discarded");
+void Manager::throw_exclusive_error(std::error_code ec, const std::string& key) {
+  if (ec == errc::lease_lost) detail::set_last_detail("the work's result was discarded");
+  throw_error(ec, "do_exclusively " + detail::describe(key, {}));
 }
 
 }  // namespace distrlock

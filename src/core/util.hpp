@@ -23,7 +23,7 @@ std::string check_token(std::string_view token);
 std::vector<std::string> parse_table_name(std::string_view table, std::string& reason);
 
 /// Bytes shown printable: quotes and non-printables become \xNN, and long input is cut with "...".
-std::string printable(std::string_view bytes, std::size_t max_shown = 80);
+std::string printable(std::string_view bytes, std::size_t max_shown = 255);
 
 /// The URL or key=value string with its password replaced by "***".
 std::string mask_password(std::string_view url);

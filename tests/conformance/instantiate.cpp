@@ -1,0 +1,6 @@
+// Runs every TEST_P(Conformance, ...) once per backend under test.
+#include "fixture.hpp"
+
+namespace dltest {
+INSTANTIATE_TEST_SUITE_P(AllBackends, Conformance, ::testing::ValuesIn(backend_names()), backend_test_name);
+}

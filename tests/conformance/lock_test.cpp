@@ -1,0 +1,243 @@
+// The Lock operations, with the meaning the original package gave them.
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "fixture.hpp"
+
+namespace dltest {
+namespace {
+
+using distrlock::Clock;
+using distrlock::errc;
+
+TEST_P(Conformance, AcquiringAHeldKeyWithANewTokenFailsWithAlreadyAcquired) {
+  distrlock::Lock holder = manager().lock(key());
+  holder.acquire(30s);
+
+  distrlock::Lock other = manager().lock(key());
+  std::error_code ec;
+  other.acquire(30s, 0ms, ec);
+  EXPECT_EQ(ec, errc::already_acquired);
+  EXPECT_FALSE(other.token().has_value());
+}
+
+TEST_P(Conformance, TryAcquireOfABusyKeyReturnsFalseWithoutAnError) {
+  distrlock::Lock holder = manager().lock(key());
+  ASSERT_TRUE(holder.try_acquire(30s));
+  distrlock::Lock other = manager().lock(key());
+  std::error_code ec;
+  EXPECT_FALSE(other.try_acquire(30s, ec));
+  EXPECT_FALSE(ec) << ec.message();
+}
+
+TEST_P(Conformance, AcquireReleaseThenAcquireAgainSucceeds) {
+  distrlock::Lock lock = manager().lock(key());
+  lock.acquire(30s);
+  lock.release();
+  EXPECT_FALSE(lock.token().has_value());
+  lock.acquire(30s);
+  EXPECT_TRUE(lock.token().has_value());
+}
+
+TEST_P(Conformance, OfTenConcurrentAcquirersOfOneKeyExactlyOneWins) {
+  std::atomic<int> wins{0};
+  std::atomic<int> busy{0};
+  std::atomic<int> other_errors{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 10; ++i) {
+    threads.emplace_back([&] {
+      distrlock::Lock lock = manager().lock(key());
+      std::error_code ec;
+      lock.acquire(30s, 0ms, ec);
+      if (!ec) {
+        ++wins;
+      } else if (ec == errc::already_acquired) {
+        ++busy;
+      } else {
+        ++other_errors;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wins.load(), 1);
+  EXPECT_EQ(busy.load(), 9);
+  EXPECT_EQ(other_errors.load(), 0);
+}
+
+TEST_P(Conformance, TenWorkersRetryingEvery10msAllWinInTurn) {
+  std::atomic<int> wins{0};
+  std::atomic<int> holders{0};
+  std::atomic<int> max_holders{0};
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 10; ++i) {
+    threads.emplace_back([&] {
+      distrlock::Lock lock = manager().lock(key());
+      const auto give_up = Clock::now() + 30s;
+      while (Clock::now() < give_up) {
+        std::error_code ec;
+        if (lock.try_acquire(30s, ec)) {
+          const int now_holding = ++holders;
+          int seen = max_holders.load();
+          while (now_holding > seen && !max_holders.compare_exchange_weak(seen, now_holding)) {
+          }
+          std::this_thread::sleep_for(5ms);
+          --holders;
+          lock.release(ec);
+          if (ec) ++errors;
+          ++wins;
+          return;
+        }
+        if (ec) ++errors;
+        std::this_thread::sleep_for(10ms);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wins.load(), 10);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(max_holders.load(), 1);
+}
+
+TEST_P(Conformance, ReleaseAfterTheTtlHasPassedFailsWithAlreadyReleased) {
+  distrlock::Lock lock = manager().lock(key());
+  lock.acquire(300ms);
+  std::this_thread::sleep_for(600ms);
+  std::error_code ec;
+  lock.release(ec);
+  EXPECT_EQ(ec, errc::already_released);
+}
+
+TEST_P(Conformance, AStaticTokenReacquiresReleasesThenLosesToARandomToken) {
+  const std::string token = "static-" + unique_key();
+  distrlock::Lock first = manager().lock(key());
+  first.acquire_with_static_token(token, 30s);
+  const auto first_fence = first.fencing_token();
+
+  distrlock::Lock again = manager().lock(key());
+  again.acquire_with_static_token(token, 30s);  // same token: re-acquires the held key
+  EXPECT_EQ(again.token(), token);
+  EXPECT_GT(again.fencing_token(), first_fence);
+
+  again.release();
+
+  distrlock::Lock random = manager().lock(key());
+  random.acquire(30s);
+  EXPECT_NE(random.token(), token);
+
+  distrlock::Lock late = manager().lock(key());
+  std::error_code ec;
+  late.acquire_with_static_token(token, 30s, ec);
+  EXPECT_EQ(ec, errc::already_acquired);
+}
+
+TEST_P(Conformance, ExtendingAtHalfTheTtlKeepsTheLeaseAndAnUnextendedLeaseIsReleased) {
+  distrlock::Lock lock = manager().lock(key());
+  lock.acquire(1s);
+  distrlock::Lock rival = manager().lock(key());
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(500ms);
+    lock.extend();
+    EXPECT_FALSE(rival.try_acquire(1s)) << "extension " << i << " did not keep the lease";
+  }
+  std::this_thread::sleep_for(2s);
+  std::error_code ec;
+  lock.extend(ec);
+  EXPECT_EQ(ec, errc::already_released);
+  EXPECT_FALSE(lock.token().has_value());
+}
+
+TEST_P(Conformance, AnExpiredLeaseCanBeTakenByAnotherToken) {
+  distrlock::Lock first = manager().lock(key());
+  first.acquire(200ms);
+  std::this_thread::sleep_for(400ms);
+  distrlock::Lock second = manager().lock(key());
+  EXPECT_TRUE(second.try_acquire(30s));
+  EXPECT_GT(second.fencing_token(), first.fencing_token());
+}
+
+TEST_P(Conformance, AcquireWithAWaitGetsTheKeyOnceTheHolderReleasesIt) {
+  distrlock::Lock holder = manager().lock(key());
+  holder.acquire(30s);
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(300ms);
+    holder.release();
+  });
+  distrlock::Lock waiter = manager().lock(key());
+  std::error_code ec;
+  waiter.acquire(30s, 5s, ec);
+  releaser.join();
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_TRUE(waiter.token().has_value());
+}
+
+TEST_P(Conformance, AcquireWithAWaitFailsWithAlreadyAcquiredWhenTheWaitRunsOut) {
+  distrlock::Lock holder = manager().lock(key());
+  holder.acquire(30s);
+  distrlock::Lock waiter = manager().lock(key());
+  std::error_code ec;
+  const auto started = Clock::now();
+  waiter.acquire(30s, 300ms, ec);
+  EXPECT_EQ(ec, errc::already_acquired);
+  EXPECT_GE(Clock::now() - started, 300ms);
+}
+
+TEST_P(Conformance, AStopTokenCancelsAWaitingAcquire) {
+  distrlock::Lock holder = manager().lock(key());
+  holder.acquire(30s);
+  std::stop_source stop;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(200ms);
+    stop.request_stop();
+  });
+  distrlock::Lock waiter = manager().lock(key());
+  std::error_code ec;
+  waiter.acquire(30s, 10s, ec, distrlock::Call{.stop = stop.get_token()});
+  canceller.join();
+  EXPECT_EQ(ec, errc::cancelled);
+}
+
+TEST_P(Conformance, ThrowingCallsThrowTheSameCodeTheirTwinsReport) {
+  distrlock::Lock holder = manager().lock(key());
+  holder.acquire(30s);
+  distrlock::Lock other = manager().lock(key());
+  try {
+    other.acquire(30s);
+    FAIL() << "acquire of a held key did not throw";
+  } catch (const distrlock::error& e) {
+    EXPECT_EQ(e.code(), errc::already_acquired);
+    EXPECT_NE(std::string(e.what()).find(key()), std::string::npos) << "the message names the key: " << e.what();
+  }
+}
+
+TEST_P(Conformance, FencingTokensStrictlyIncreaseOverAThousandMixedGrants) {
+  const std::string static_token = "fence-" + unique_key();
+  std::vector<std::int64_t> fences;
+  auto record = [&](const distrlock::Lock& lock) { fences.push_back(lock.fencing_token().value_or(-1)); };
+  while (fences.size() < 1000) {
+    distrlock::Lock lock = manager().lock(key());
+    switch (fences.size() % 10) {
+      case 0:  // a grant left to expire; the next grant takes the expired row over
+        ASSERT_TRUE(lock.try_acquire(20ms));
+        record(lock);
+        std::this_thread::sleep_for(30ms);
+        break;
+      case 1:  // a static-token grant, re-acquired while held (a second grant), then released
+        lock.acquire_with_static_token(static_token, 30s);
+        record(lock);
+        lock.acquire_with_static_token(static_token, 30s);
+        record(lock);
+        lock.release();
+        break;
+      default:  // a random-token grant, released
+        ASSERT_TRUE(lock.try_acquire(30s));
+        record(lock);
+        lock.release();
+    }
+  }
+  for (std::size_t i = 1; i < fences.size(); ++i) ASSERT_GT(fences[i], fences[i - 1]) << "grant " << i;
+}
+
+}  // namespace
+}  // namespace dltest

@@ -1,0 +1,288 @@
+// PostgreSQL-specific behaviour: statement counts, time zones, client clocks, server-side cancel, migrations.
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+
+#include <cstdio>
+#include <future>
+#include <thread>
+
+#include "support.hpp"
+
+namespace dltest {
+namespace {
+
+using distrlock::Call;
+using distrlock::Clock;
+using distrlock::errc;
+
+class Postgres : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    url_ = server_url(backend("postgres"));
+    ASSERT_FALSE(url_.empty());
+    admin_ = backend("postgres").open_session(url_);
+    manager_.emplace(open());
+    manager_->migrate();
+    key_ = unique_key(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  }
+  distrlock::Manager open(distrlock::Options o = {}) {
+    o.logger = log_.logger();
+    return distrlock::Manager::open(url_, o);
+  }
+  /// Statements executed in this database since the last reset, leaving out the test's own bookkeeping.
+  long statements(std::string_view like = "%") {
+    return std::stol(admin_->query(
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
+        "WHERE datname = current_database()) AND query NOT LIKE '%pg_stat%' AND query LIKE '" +
+        std::string(like) + "'"));
+  }
+  void reset_statements() { admin_->query("SELECT pg_stat_statements_reset()"); }
+
+  std::string url_;
+  CapturedLog log_;
+  std::unique_ptr<CallerSession> admin_;
+  std::optional<distrlock::Manager> manager_;
+  std::string key_;
+};
+
+TEST_F(Postgres, AcquireExtendAndReleaseAreOneStatementEach) {
+  distrlock::Lock lock = manager_->lock(key_);
+  ASSERT_TRUE(lock.try_acquire(30s));  // warm-up: opens and prepares on a pooled connection
+  lock.extend();
+  lock.release();
+  distrlock::Lock rival = manager_->lock(key_);
+  ASSERT_TRUE(rival.try_acquire(30s));
+  ASSERT_FALSE(lock.try_acquire(30s));
+  rival.release();
+
+  reset_statements();
+  constexpr int cycles = 20;
+  for (int i = 0; i < cycles; ++i) {
+    ASSERT_TRUE(lock.try_acquire(30s));
+    ASSERT_FALSE(rival.try_acquire(30s));  // a busy answer, holder included, is one statement too
+    lock.extend();
+    lock.release();
+  }
+  EXPECT_EQ(statements(), 4 * cycles) << "every operation must be exactly one statement, with no BEGIN/COMMIT";
+}
+
+TEST_F(Postgres, TheHeartbeatExtendsAThousandLeasesInAHandfulOfStatements) {
+  constexpr int leases = 1000;
+  std::vector<distrlock::Lease> held;
+  held.reserve(leases);
+  for (int i = 0; i < leases; ++i)
+    held.push_back(manager_->acquire(key_ + "/" + std::to_string(i), {.ttl = 4s, .extend_every = 1s}));
+  reset_statements();
+  std::this_thread::sleep_for(4500ms);  // longer than the TTL: only extensions keep them
+  const long batches = statements("%unnest%");
+  EXPECT_GE(batches, 3);
+  EXPECT_LE(batches, 15) << "leases should be extended in batches, not one statement each";
+  int lost = 0;
+  for (const auto& lease : held) lost += lease.lost() ? 1 : 0;
+  EXPECT_EQ(lost, 0);
+  auto other = open();
+  for (int i = 0; i < leases; i += 97) {
+    distrlock::Lock probe = other.lock(key_ + "/" + std::to_string(i));
+    EXPECT_FALSE(probe.try_acquire(1s)) << "lease " << i << " expired";
+  }
+}
+
+TEST_F(Postgres, SessionsWithDifferentTimeZonesCanNeverBothHoldAKey) {
+  const std::string sep = url_.find('?') == std::string::npos ? "?" : "&";
+  auto east = distrlock::Manager::open(url_ + sep + "options=-c%20TimeZone%3DPacific/Kiritimati");
+  auto west = distrlock::Manager::open(url_ + sep + "options=-c%20TimeZone%3DPacific/Pago_Pago");
+  distrlock::Lock e = east.lock(key_);
+  distrlock::Lock w = west.lock(key_);
+  ASSERT_TRUE(e.try_acquire(2s));
+  EXPECT_FALSE(w.try_acquire(2s)) << "a session 25 hours behind saw a valid lease as expired";
+  std::this_thread::sleep_for(500ms);
+  EXPECT_FALSE(w.try_acquire(2s));
+  std::this_thread::sleep_for(2s);
+  ASSERT_TRUE(w.try_acquire(2s)) << "the lease should have expired by the server clock";
+  EXPECT_FALSE(e.try_acquire(2s)) << "a session 25 hours ahead saw a valid lease as expired";
+}
+
+/// Runs the probe under libfaketime with the client clock shifted by `offset` ("+2h", "-2h").
+std::string probe(const std::string& offset, const std::string& args) {
+  const std::string cmd = "LD_PRELOAD=" + std::string(DISTRLOCK_FAKETIME_LIB) + " FAKETIME='" + offset +
+                          "' FAKETIME_DONT_FAKE_MONOTONIC=1 DONT_FAKE_MONOTONIC=1 " + DISTRLOCK_LOCK_PROBE + " " + args + " 2>&1";
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return "popen failed";
+  char buf[512];
+  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  pclose(p);
+  return out;
+}
+
+TEST_F(Postgres, AClientClockSkewedByTwoHoursChangesNoOutcome) {
+  for (const std::string offset : {"+2h", "-2h"}) {
+    SCOPED_TRACE(offset);
+    const std::string key = key_ + offset;
+    // The probe reports its own wall clock: prove the skew is really in effect.
+    const std::string clock = probe(offset, "clock");
+    const auto probe_epoch = std::stoll(clock);
+    const auto our_epoch = std::chrono::duration_cast<std::chrono::seconds>(
+                               std::chrono::system_clock::now().time_since_epoch()).count();
+    EXPECT_GT(std::llabs(probe_epoch - our_epoch), 7000) << clock;
+
+    // A lease held here looks busy to the skewed client.
+    distrlock::Lock mine = manager_->lock(key);
+    ASSERT_TRUE(mine.try_acquire(30s));
+    EXPECT_EQ(probe(offset, "'" + url_ + "' '" + key + "' 2000"), "busy\n");
+    mine.release();
+
+    // A lease the skewed client takes lasts its TTL by the server clock: busy now, free after it.
+    EXPECT_EQ(probe(offset, "'" + url_ + "' '" + key + "' 1500").substr(0, 7), "granted");
+    distrlock::Lock after = manager_->lock(key);
+    EXPECT_FALSE(after.try_acquire(30s));
+    std::this_thread::sleep_for(2s);
+    EXPECT_TRUE(after.try_acquire(30s));
+  }
+}
+
+TEST_F(Postgres, AStatementPastItsDeadlineIsCancelledOnTheServerAndTheConnectionStaysUsable) {
+  distrlock::Options o;
+  o.pool_size = 1;  // the next call must reuse the very connection whose statement was cancelled
+  auto single = open(o);
+  admin_->query("BEGIN");
+  distrlock::Lock blocker = manager_->lock(key_);
+  ASSERT_TRUE(blocker.try_acquire(30s, Call{.connection = admin_->native()}));
+
+  distrlock::Lock waiter = single.lock(key_);
+  std::error_code ec;
+  const auto started = Clock::now();
+  EXPECT_FALSE(waiter.try_acquire(30s, ec, Call{.deadline = Clock::now() + 300ms}));
+  EXPECT_EQ(ec, errc::timeout);
+  EXPECT_LT(Clock::now() - started, 2s);
+  EXPECT_EQ(admin_->query("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'distrlock' AND "
+                          "wait_event_type = 'Lock'"),
+            "0")
+      << "the blocked statement is still running on the server";
+  const std::string pids_query =
+      "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE application_name = "
+      "'distrlock' AND datname = current_database()";
+  const std::string pids_after_timeout = admin_->query(pids_query);
+  admin_->query("ROLLBACK");
+
+  distrlock::Lock later = single.lock(key_ + "/later");
+  EXPECT_TRUE(later.try_acquire(30s));
+  EXPECT_EQ(admin_->query(pids_query), pids_after_timeout)
+      << "the pool of one must have kept and reused the connection whose statement was cancelled";
+}
+
+TEST_F(Postgres, TheNextOperationSucceedsAfterTheLibrarysConnectionIsTerminated) {
+  distrlock::Options o;
+  o.pool_size = 1;
+  auto single = open(o);
+  distrlock::Lock first = single.lock(key_);
+  ASSERT_TRUE(first.try_acquire(30s));
+  const std::string pid = admin_->query(
+      "SELECT pid FROM pg_stat_activity WHERE application_name = 'distrlock' AND datname = current_database() "
+      "AND pid <> pg_backend_pid() AND state = 'idle' ORDER BY backend_start DESC LIMIT 1");
+  ASSERT_FALSE(pid.empty());
+  EXPECT_EQ(admin_->query("SELECT pg_terminate_backend(" + pid + ", 5000)"), "t");
+
+  distrlock::Lock second = single.lock(key_ + "/next");
+  std::error_code ec;
+  EXPECT_TRUE(second.try_acquire(30s, ec)) << ec.message();
+  first.release();
+}
+
+TEST_F(Postgres, AcquireBeforeMigrateFailsWithNotMigrated) {
+  distrlock::Options o;
+  o.table = unique_table();
+  auto fresh = open(o);
+  distrlock::Lock lock = fresh.lock(key_);
+  std::error_code ec;
+  lock.try_acquire(30s, ec);
+  EXPECT_EQ(ec, errc::not_migrated) << ec.message();
+  fresh.migrate();
+  EXPECT_TRUE(lock.try_acquire(30s));
+}
+
+TEST_F(Postgres, MigrateIsIdempotentAndSafeWhenRunConcurrently) {
+  distrlock::Options o;
+  o.table = unique_table();
+  std::vector<std::future<std::error_code>> runs;
+  for (int i = 0; i < 8; ++i) {
+    runs.push_back(std::async(std::launch::async, [&] {
+      auto m = open(o);
+      std::error_code ec;
+      m.migrate(ec);
+      if (!ec) m.migrate(ec);
+      return ec;
+    }));
+  }
+  for (auto& r : runs) EXPECT_FALSE(r.get());
+  EXPECT_EQ(admin_->query("SELECT count(*) FROM " + o.table + "_migrations"), "1");
+  EXPECT_EQ(admin_->query("SELECT count(*) FROM " + o.table), "0");
+}
+
+TEST_F(Postgres, MigrationsAreVersionedUpAndDownSqlForTheConfiguredTable) {
+  distrlock::Options o;
+  o.table = "ops.my_locks";
+  auto m = open(o);
+  const auto migrations = m.migrations();
+  ASSERT_EQ(migrations.size(), 1U);
+  EXPECT_EQ(migrations[0].version, 1);
+  EXPECT_EQ(migrations[0].id, "0001_create_lock_table");
+  EXPECT_NE(migrations[0].up.find("\"ops\".\"my_locks\""), std::string::npos) << migrations[0].up;
+  EXPECT_NE(migrations[0].up.find("timestamptz"), std::string::npos);
+  EXPECT_EQ(migrations[0].down, "DROP TABLE IF EXISTS \"ops\".\"my_locks\"");
+
+  // The up SQL works in the user's own migration tool, and the down SQL undoes it.
+  admin_->query("CREATE SCHEMA IF NOT EXISTS ops");
+  admin_->query(migrations[0].up);
+  EXPECT_EQ(admin_->query("SELECT to_regclass('ops.my_locks') IS NOT NULL"), "t");
+  admin_->query(migrations[0].down);
+  EXPECT_EQ(admin_->query("SELECT to_regclass('ops.my_locks') IS NULL"), "t");
+}
+
+TEST_F(Postgres, ExpiryIsStoredAsTimestamptzFromTheServerClock) {
+  EXPECT_EQ(admin_->query("SELECT data_type FROM information_schema.columns WHERE table_name = "
+                          "'distributed_locks' AND column_name = 'expires'"),
+            "timestamp with time zone");
+  distrlock::Lock lock = manager_->lock(key_);
+  ASSERT_TRUE(lock.try_acquire(10s));
+  const double left = std::stod(admin_->query(
+      "SELECT extract(epoch FROM expires - clock_timestamp()) FROM distributed_locks WHERE key = '" + key_ + "'"));
+  EXPECT_GT(left, 8.0);
+  EXPECT_LE(left, 10.0);
+}
+
+TEST_F(Postgres, AnUnparsableConnectionStringIsAnInvalidArgumentThatMasksThePassword) {
+  std::error_code ec;
+  distrlock::Manager::open("postgresql://user:hunter2@host/db?no_such_option=1", {}, ec);
+  EXPECT_EQ(ec, errc::invalid_argument);
+  try {
+    distrlock::Manager::open("postgresql://user:hunter2@host/db?no_such_option=1");
+    FAIL() << "no exception";
+  } catch (const distrlock::error& e) {
+    EXPECT_EQ(std::string(e.what()).find("hunter2"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Postgres, TheDefaultLoggerReportsALostLeaseOnStderrWithKeyAndTokenAndNoPassword) {
+  // The test server trusts local connections, so any password is accepted and must never be printed.
+  std::string with_password = url_;
+  with_password.replace(with_password.find("postgres@"), 9, "postgres:hunter2@");
+  auto m = distrlock::Manager::open(with_password);  // default logger: stderr
+  ::testing::internal::CaptureStderr();
+  {
+    distrlock::Lease lease = m.acquire(key_, {.ttl = 1s, .extend_every = 100ms});
+    admin_->query("UPDATE distributed_locks SET token = 'thief' WHERE token = '" + lease.token() + "'");
+    const auto give_up = Clock::now() + 3s;
+    while (!lease.lost() && Clock::now() < give_up) std::this_thread::sleep_for(10ms);
+    ASSERT_TRUE(lease.lost());
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    EXPECT_NE(err.find("lease lost"), std::string::npos) << err;
+    EXPECT_NE(err.find(key_), std::string::npos) << err;
+    EXPECT_NE(err.find(lease.token()), std::string::npos) << err;
+    EXPECT_NE(err.find("postgres:***@"), std::string::npos) << err;
+    EXPECT_EQ(err.find("hunter2"), std::string::npos) << err;
+  }
+}
+
+}  // namespace
+}  // namespace dltest

@@ -1,0 +1,124 @@
+#include "support.hpp"
+
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <random>
+
+namespace dltest {
+namespace {
+
+class PostgresSession final : public CallerSession {
+ public:
+  explicit PostgresSession(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+    if (PQstatus(conn_) != CONNECTION_OK) ADD_FAILURE() << "cannot connect: " << PQerrorMessage(conn_);
+  }
+  ~PostgresSession() override { PQfinish(conn_); }
+
+  std::string query(std::string_view sql, std::string* error_out) override {
+    PGresult* r = PQexec(conn_, std::string(sql).c_str());
+    std::string out;
+    const ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+      if (error_out != nullptr) {
+        *error_out = PQresultErrorMessage(r);
+      } else {
+        ADD_FAILURE() << sql << ": " << PQresultErrorMessage(r);
+      }
+    } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
+      out = PQgetvalue(r, 0, 0);
+    }
+    PQclear(r);
+    return out;
+  }
+  distrlock::NativeConnection native() override { return distrlock::NativeConnection::postgres(conn_); }
+
+ private:
+  PGconn* conn_;
+};
+
+std::vector<BackendUnderTest> make_backends() {
+  std::vector<BackendUnderTest> all;
+  all.push_back(BackendUnderTest{
+      "postgres",
+      "DISTRLOCK_TEST_PG",
+      "postgres",
+      {{"read_uncommitted", "BEGIN ISOLATION LEVEL READ UNCOMMITTED"},
+       {"read_committed", "BEGIN ISOLATION LEVEL READ COMMITTED"},
+       {"repeatable_read", "BEGIN ISOLATION LEVEL REPEATABLE READ"},
+       {"serializable", "BEGIN ISOLATION LEVEL SERIALIZABLE"}},
+      [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<PostgresSession>(url); },
+  });
+  return all;
+}
+
+const std::vector<BackendUnderTest>& backends() {
+  static const std::vector<BackendUnderTest> all = make_backends();
+  return all;
+}
+
+std::string random_suffix() {
+  static std::mt19937_64 rng(std::random_device{}());
+  static std::atomic<int> counter{0};
+  static std::mutex mu;
+  std::lock_guard lk(mu);
+  return std::to_string(rng() % 1'000'000'000'000ULL) + "_" + std::to_string(counter++);
+}
+
+}  // namespace
+
+const BackendUnderTest& backend(std::string_view name) {
+  for (const auto& b : backends())
+    if (b.name == name) return b;
+  throw std::invalid_argument("no backend under test named " + std::string(name));
+}
+
+std::vector<std::string> backend_names() {
+  std::vector<std::string> names;
+  for (const auto& b : backends()) names.push_back(b.name);
+  return names;
+}
+
+std::string server_url(const BackendUnderTest& b) {
+  const char* v = std::getenv(b.env_var.c_str());
+  if (v == nullptr || *v == '\0') {
+    ADD_FAILURE() << b.env_var << " is not set: start the server with `eval \"$(scripts/services start "
+                  << b.service << ")\"` or run scripts/test";
+    return {};
+  }
+  return v;
+}
+
+std::string unique_key(std::string_view hint) { return "test/" + std::string(hint) + "/" + random_suffix(); }
+std::string unique_table() { return "t_" + random_suffix(); }
+
+int services(const std::string& action, const std::string& service) {
+  const std::string cmd = std::string(DISTRLOCK_SOURCE_DIR) + "/scripts/services " + action + " " + service + " >&2";
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+distrlock::Logger CapturedLog::logger() {
+  return [this](distrlock::LogLevel level, std::string_view message) {
+    std::lock_guard lk(mu_);
+    lines_.emplace_back(level, std::string(message));
+  };
+}
+
+bool CapturedLog::contains(distrlock::LogLevel level, std::string_view needle) const {
+  std::lock_guard lk(mu_);
+  for (const auto& [l, text] : lines_)
+    if (l == level && text.find(needle) != std::string::npos) return true;
+  return false;
+}
+
+std::vector<std::string> CapturedLog::lines() const {
+  std::lock_guard lk(mu_);
+  std::vector<std::string> out;
+  for (const auto& [l, text] : lines_) out.push_back(text);
+  return out;
+}
+
+}  // namespace dltest

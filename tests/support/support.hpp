@@ -1,0 +1,65 @@
+// Shared test support: the backends under test, caller-owned sessions, unique names, server control.
+// A test that needs a server and does not find one fails; it never skips.
+#pragma once
+
+#include <distrlock/distrlock.hpp>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace dltest {
+
+using namespace std::chrono_literals;
+
+/// A connection owned by the test, for running the library inside the caller's transaction.
+class CallerSession {
+ public:
+  virtual ~CallerSession() = default;
+  /// Runs SQL; returns the first column of the first row ("" if none). Fails the test on error unless
+  /// `error_out` is given, in which case the error text is stored there.
+  virtual std::string query(std::string_view sql, std::string* error_out = nullptr) = 0;
+  virtual distrlock::NativeConnection native() = 0;
+};
+
+struct BackendUnderTest {
+  std::string name;      // "postgres"
+  std::string env_var;   // where scripts/services puts its URL
+  std::string service;   // the scripts/services name
+  /// SQL that opens a transaction at each isolation level the backend offers.
+  std::vector<std::pair<std::string, std::string>> isolation_levels;
+  std::function<std::unique_ptr<CallerSession>(const std::string& url)> open_session;
+};
+
+/// The backends the conformance suite runs against, by name.
+const BackendUnderTest& backend(std::string_view name);
+std::vector<std::string> backend_names();
+
+/// The value of `var`, or an empty string after recording a test failure that says how to start the server.
+std::string server_url(const BackendUnderTest& b);
+
+/// A key no other test (or earlier run) uses.
+std::string unique_key(std::string_view hint = "k");
+/// A table name no other test uses.
+std::string unique_table();
+
+/// Runs `scripts/services ACTION SERVICE` and returns its exit status.
+int services(const std::string& action, const std::string& service);
+
+/// A logger that records every line, for asserting on what the library reported.
+class CapturedLog {
+ public:
+  distrlock::Logger logger();
+  bool contains(distrlock::LogLevel level, std::string_view needle) const;
+  std::vector<std::string> lines() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::pair<distrlock::LogLevel, std::string>> lines_;
+};
+
+}  // namespace dltest
