@@ -38,9 +38,9 @@ struct Options {
   /// Longest a single connection attempt may take. Must be > 0.
   milliseconds connect_timeout = std::chrono::seconds(5);
   /// Stored beside each lease so others can see who holds a key. Empty means "hostname:pid".
-  std::string owner;
+  std::string owner{};
   /// Where messages go. Empty means stderr_logger().
-  Logger logger;
+  Logger logger{};
 };
 
 /// A native connection owned by the caller. When a call is given one, the lock statement runs on it, inside
@@ -67,11 +67,11 @@ struct Call {
   /// The whole call, waiting included, ends by this time. Unset means now + Options::operation_timeout
   /// (plus the wait, for calls that wait). A statement still running at the deadline is cancelled on the
   /// server and the call fails with errc::timeout.
-  std::optional<Clock::time_point> deadline;
+  std::optional<Clock::time_point> deadline{};
   /// Requesting it cancels the call like a deadline, with errc::cancelled.
-  std::stop_token stop;
+  std::stop_token stop{};
   /// Run on this caller-owned connection instead of the pool (see NativeConnection).
-  NativeConnection connection;
+  NativeConnection connection{};
 };
 
 /// Settings of an auto-extended Lease (Manager::acquire).

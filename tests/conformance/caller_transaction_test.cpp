@@ -12,6 +12,7 @@ struct IsolationCase {
   std::string backend;
   std::string level;
   std::string begin_sql;
+  friend void PrintTo(const IsolationCase& c, std::ostream* os) { *os << c.backend << " " << c.level; }
 };
 
 std::vector<IsolationCase> isolation_cases() {

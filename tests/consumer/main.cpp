@@ -1,25 +1,20 @@
 // Built against the installed package, both through find_package(distrlock) and through pkg-config, by
 // tests/consumer/check.cmake. It needs no server: Manager::open validates its arguments and connects lazily.
 // Exits 0 when every check holds, 1 otherwise, naming each failed check on stderr.
-#include <cstdio>
 #include <distrlock/distrlock.hpp>
+#include <iostream>
 #include <string_view>
 #include <system_error>
 
-namespace {
-
-int failures = 0;
-
-void check(bool ok, std::string_view what) {
-  if (ok) return;
-  ++failures;
-  std::fprintf(stderr, "consumer: check failed: %.*s\n", static_cast<int>(what.size()), what.data());
-}
-
-}  // namespace
-
 int main() {
-  // Port 1 on loopback: nothing listens there, so any attempt to connect would fail loudly.
+  int failures = 0;
+  const auto check = [&failures](bool ok, std::string_view what) {
+    if (ok) return;
+    ++failures;
+    std::cerr << "consumer: check failed: " << what << '\n';
+  };
+
+  // Port 1 on loopback: nothing listens there, so any attempt to connect would fail.
   constexpr std::string_view url = "postgresql://nobody@127.0.0.1:1/none";
 
   std::error_code ec;

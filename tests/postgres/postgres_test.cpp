@@ -105,7 +105,7 @@ TEST_F(Postgres, SessionsWithDifferentTimeZonesCanNeverBothHoldAKey) {
 /// Runs the probe under libfaketime with the client clock shifted by `offset` ("+2h", "-2h").
 std::string probe(const std::string& offset, const std::string& args) {
   const std::string cmd = "LD_PRELOAD=" + std::string(DISTRLOCK_FAKETIME_LIB) + " FAKETIME='" + offset +
-                          "' FAKETIME_DONT_FAKE_MONOTONIC=1 DONT_FAKE_MONOTONIC=1 " + DISTRLOCK_LOCK_PROBE + " " + args + " 2>&1";
+                          "' FAKETIME_DONT_FAKE_MONOTONIC=1 DONT_FAKE_MONOTONIC=1 ASAN_OPTIONS=verify_asan_link_order=0 " + DISTRLOCK_LOCK_PROBE + " " + args + " 2>&1";
   std::string out;
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return "popen failed";
