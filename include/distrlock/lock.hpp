@@ -53,7 +53,8 @@ class Lock {
   const std::string& key() const noexcept { return key_; }
   /// The token of the current grant; empty when this Lock holds nothing.
   std::optional<std::string> token() const;
-  /// The fencing token of the current grant: larger than every earlier grant's for this key.
+  /// The fencing token of the current grant: larger than every earlier grant's for this key. Empty when
+  /// this Lock holds nothing, or holds an adopted lease whose grant it did not see.
   std::optional<std::int64_t> fencing_token() const noexcept;
   /// Server-measured time the lease had left when last granted or extended.
   milliseconds expires_in() const noexcept { return expires_in_; }

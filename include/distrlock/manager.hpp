@@ -6,6 +6,7 @@
 // when the last of them is gone.
 #pragma once
 
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -29,6 +30,15 @@ namespace detail {
 struct ManagerState;
 }
 
+/// What the lock table says about one key, by the server's clock.
+struct LockStatus {
+  std::string key;
+  bool held = false;             ///< a lease is valid now
+  std::string owner{};           ///< the holder's owner string; empty when free
+  std::int64_t fence = 0;        ///< the last fencing token granted for the key; 0 if never granted
+  milliseconds expires_in{0};    ///< time the lease has left; 0 when free
+};
+
 /// One versioned schema change. IDs are stable across releases, so the SQL can be fed to any migration tool.
 struct Migration {
   int version = 0;
@@ -51,9 +61,25 @@ class Manager {
   void migrate(const Call& call = {});
   void migrate(std::error_code& ec, const Call& call = {}) noexcept;
 
+  /// Reverts every applied migration, newest first: drops the lock table. Fencing tokens start again from 1
+  /// afterwards, so never run it while any holder or fenced storage may still be live.
+  void migrate_down(const Call& call = {});
+  void migrate_down(std::error_code& ec, const Call& call = {}) noexcept;
+
+  /// The state of `keys` (one entry each, in order; a key never seen is free with fence 0), or of every key
+  /// in the table, ordered by key, when `keys` is empty. One statement.
+  std::vector<LockStatus> status(const std::vector<std::string>& keys = {}, const Call& call = {});
+  std::vector<LockStatus> status(const std::vector<std::string>& keys, std::error_code& ec,
+                                 const Call& call = {}) noexcept;
+
   /// A handle on `key` (1-255 arbitrary bytes). No round trip. errc::invalid_argument for a bad key.
   Lock lock(std::string key) const;
   Lock lock(std::string key, std::error_code& ec) const noexcept;
+  /// A handle on a lease granted elsewhere (another process, or `distrlock acquire`), identified by its
+  /// token. No round trip: extend(ttl) and release() check the token on the server. Its fencing_token() is
+  /// unknown (empty) until it acquires again.
+  Lock adopt(std::string key, std::string token) const;
+  Lock adopt(std::string key, std::string token, std::error_code& ec) const noexcept;
 
   /// Acquires `key` and keeps extending it from the heartbeat thread until the Lease is destroyed.
   /// errc::already_acquired when the key is still busy after options.wait.
@@ -77,7 +103,7 @@ class Manager {
 
   /// The URL with any password replaced by "***"; safe to log.
   const std::string& masked_url() const noexcept;
-  /// "postgres" for now.
+  /// "postgres", "sqlite" or "mysql".
   std::string_view backend_name() const noexcept;
 
  private:

@@ -57,8 +57,15 @@ class Backend {
   virtual std::vector<milliseconds> extend_many(const OpContext& ctx, std::span<const ExtendRequest> requests,
                                                 std::error_code& ec) = 0;
 
+  /// The state of `keys`, or of every key when `keys` is empty (see Manager::status).
+  virtual std::vector<LockStatus> inspect(const OpContext& ctx, const std::vector<std::string>& keys,
+                                          std::error_code& ec) = 0;
+
   virtual std::vector<Migration> migrations() const = 0;
+  /// Applies missing migrations; idempotent and safe to run concurrently.
   virtual void migrate(const OpContext& ctx, std::error_code& ec) = 0;
+  /// Reverts applied migrations, newest first.
+  virtual void migrate_down(const OpContext& ctx, std::error_code& ec) = 0;
 };
 
 }  // namespace distrlock::detail

@@ -40,7 +40,7 @@ std::optional<std::string> Lock::token() const {
 }
 
 std::optional<std::int64_t> Lock::fencing_token() const noexcept {
-  if (token_.empty()) return std::nullopt;
+  if (token_.empty() || fence_ == 0) return std::nullopt;
   return fence_;
 }
 
@@ -64,6 +64,7 @@ bool Lock::acquire_once(const std::string& token, milliseconds ttl, const Call& 
       const auto cleanup = std::min(state_->options.operation_timeout, milliseconds{1000});
       state_->backend->release({Clock::now() + cleanup, {}, {}}, key_, token, ignored);
       detail::set_last_detail(detail);
+      if (token == token_) forget();  // a refresh of a held lease: whatever happened, it is not held now
       state_->log(LogLevel::warning, "acquire " + detail::describe(key_, token) + " ended with an unknown outcome (" +
                                          ec.message() + "); released with the same token, best effort");
     }
@@ -191,6 +192,10 @@ void Lock::extend(milliseconds ttl, std::error_code& ec, const Call& call) noexc
   try {
     if (token_.empty()) {
       fail(ec, errc::already_released, "this Lock holds nothing");
+      return;
+    }
+    if (ttl_ == milliseconds{0} && ttl == milliseconds{0}) {
+      fail(ec, errc::invalid_argument, "an adopted lease needs an explicit ttl to extend");
       return;
     }
     if (!check_ttl(ttl, ec)) return;

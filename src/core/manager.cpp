@@ -128,6 +128,59 @@ void Manager::migrate(std::error_code& ec, const Call& call) noexcept {
   state_->backend->migrate(state_->context(call), ec);
 }
 
+void Manager::migrate_down(const Call& call) {
+  std::error_code ec;
+  migrate_down(ec, call);
+  if (ec) throw_error(ec, "migrate down " + state_->masked_url);
+}
+
+void Manager::migrate_down(std::error_code& ec, const Call& call) noexcept {
+  ec.clear();
+  state_->backend->migrate_down(state_->context(call), ec);
+}
+
+std::vector<LockStatus> Manager::status(const std::vector<std::string>& keys, const Call& call) {
+  std::error_code ec;
+  std::vector<LockStatus> out = status(keys, ec, call);
+  if (ec) throw_error(ec, "status on " + state_->masked_url);
+  return out;
+}
+
+std::vector<LockStatus> Manager::status(const std::vector<std::string>& keys, std::error_code& ec,
+                                        const Call& call) noexcept {
+  ec.clear();
+  try {
+    for (const std::string& key : keys) {
+      if (std::string reason = detail::check_key(key); !reason.empty()) {
+        fail(ec, errc::invalid_argument, reason);
+        return {};
+      }
+    }
+    return state_->backend->inspect(state_->context(call), keys, ec);
+  } catch (const std::exception& e) {
+    fail(ec, errc::backend_error, e.what());
+    return {};
+  }
+}
+
+Lock Manager::adopt(std::string key, std::string token) const {
+  std::error_code ec;
+  Lock l = adopt(std::move(key), std::move(token), ec);
+  if (ec) throw_error(ec, "adopt");
+  return l;
+}
+
+Lock Manager::adopt(std::string key, std::string token, std::error_code& ec) const noexcept {
+  Lock l = lock(std::move(key), ec);
+  if (ec) return l;
+  if (std::string reason = detail::check_token(token); !reason.empty()) {
+    fail(ec, errc::invalid_argument, reason);
+    return l;
+  }
+  l.token_ = std::move(token);
+  return l;
+}
+
 Lock Manager::lock(std::string key) const {
   std::error_code ec;
   Lock l = lock(std::move(key), ec);

@@ -32,5 +32,7 @@ std::string mask_password(std::string_view url);
 std::string default_owner();
 
 std::string to_hex(std::string_view bytes);
+/// The inverse of to_hex; stops at the first character that is not a hex digit pair.
+std::string from_hex(std::string_view hex);
 
 }  // namespace distrlock::detail

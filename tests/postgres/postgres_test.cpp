@@ -239,6 +239,23 @@ TEST_F(Postgres, MigrationsAreVersionedUpAndDownSqlForTheConfiguredTable) {
   EXPECT_EQ(admin_->query("SELECT to_regclass('ops.my_locks') IS NULL"), "t");
 }
 
+TEST_F(Postgres, MigrateDownDropsTheTableAndMigrateRecreatesIt) {
+  distrlock::Options o;
+  o.table = unique_table();
+  auto m = open(o);
+  m.migrate();
+  ASSERT_TRUE(m.lock(key_).try_acquire(30s));
+  m.migrate_down();
+  EXPECT_EQ(admin_->query("SELECT to_regclass('" + o.table + "') IS NULL AND to_regclass('" + o.table +
+                          "_migrations') IS NULL"),
+            "t");
+  std::error_code ec;
+  m.lock(key_).try_acquire(30s, ec);
+  EXPECT_EQ(ec, errc::not_migrated);
+  m.migrate();
+  EXPECT_TRUE(m.lock(key_).try_acquire(30s));
+}
+
 TEST_F(Postgres, ExpiryIsStoredAsTimestamptzFromTheServerClock) {
   EXPECT_EQ(admin_->query("SELECT data_type FROM information_schema.columns WHERE table_name = "
                           "'distributed_locks' AND column_name = 'expires'"),

@@ -19,9 +19,9 @@ constexpr Oid bytea_oid = 17;
 constexpr Oid int8_oid = 20;
 constexpr Oid text_oid = 25;
 
-enum Stmt : std::size_t { acquire_stmt, extend_stmt, release_stmt, extend_many_stmt, stmt_count };
+enum Stmt : std::size_t { acquire_stmt, extend_stmt, release_stmt, extend_many_stmt, inspect_stmt, stmt_count };
 constexpr const char* stmt_names[stmt_count] = {"distrlock_acquire", "distrlock_extend", "distrlock_release",
-                                                 "distrlock_extend_many"};
+                                                 "distrlock_extend_many", "distrlock_inspect"};
 static_assert(stmt_count <= pg::Connection::max_statements);
 
 std::string quote_parts(const std::vector<std::string>& parts, std::string_view suffix = {}) {
@@ -73,6 +73,11 @@ class PostgresBackend final : public Backend {
         "FROM unnest($1::text[], $2::text[], $3::float8[]) AS v(k, t, ttl) WHERE l.key = decode(v.k, 'hex') " +
         "AND l.token = decode(v.t, 'hex') AND l.expires > clock_timestamp() RETURNING encode(l.key, 'hex'), " +
         "encode(l.token, 'hex'), " + millis_left("l.expires");
+    // $1 NULL lists every key.
+    sql_[inspect_stmt] = "SELECT encode(key, 'hex'), token IS NOT NULL AND expires > clock_timestamp(), "
+                         "coalesce(owner, ''), fence, greatest(0, " + millis_left("expires") + ") FROM " + table_ +
+                         " WHERE $1::text[] IS NULL OR key IN (SELECT decode(k, 'hex') FROM unnest($1::text[]) k) "
+                         "ORDER BY key";
   }
 
   std::string_view name() const noexcept override { return "postgres"; }
@@ -145,6 +150,40 @@ class PostgresBackend final : public Backend {
     return left;
   }
 
+  std::vector<LockStatus> inspect(const OpContext& ctx, const std::vector<std::string>& keys,
+                                  std::error_code& ec) override {
+    std::string array;
+    if (!keys.empty()) {
+      array = "{";
+      for (std::size_t i = 0; i < keys.size(); ++i) array += (i == 0 ? "" : ",") + to_hex(keys[i]);
+      array += '}';
+    }
+    const char* values[] = {keys.empty() ? nullptr : array.c_str()};
+    ResultPtr r = exec(ctx, inspect_stmt, 1, values, nullptr, nullptr, ec);
+    if (ec) return {};
+    std::map<std::string, LockStatus> found;
+    std::vector<LockStatus> rows;
+    for (int row = 0; row < PQntuples(r.get()); ++row) {
+      LockStatus st;
+      st.key = from_hex(PQgetvalue(r.get(), row, 0));
+      st.held = PQgetvalue(r.get(), row, 1)[0] == 't';
+      st.owner = st.held ? PQgetvalue(r.get(), row, 2) : "";
+      st.fence = to_int(PQgetvalue(r.get(), row, 3));
+      st.expires_in = st.held ? milliseconds{to_int(PQgetvalue(r.get(), row, 4))} : milliseconds{0};
+      if (keys.empty()) {
+        rows.push_back(std::move(st));
+      } else {
+        found.emplace(st.key, std::move(st));
+      }
+    }
+    if (keys.empty()) return rows;
+    for (const std::string& key : keys) {
+      const auto it = found.find(key);
+      rows.push_back(it != found.end() ? it->second : LockStatus{.key = key});
+    }
+    return rows;
+  }
+
   std::vector<Migration> migrations() const override {
     return {Migration{
         1, "0001_create_lock_table",
@@ -160,19 +199,38 @@ class PostgresBackend final : public Backend {
   }
 
   void migrate(const OpContext& ctx, std::error_code& ec) override {
-    // One script, one round trip. The advisory lock serialises concurrent migrators; the version table
-    // makes re-runs no-ops. On a caller's connection the caller's transaction frames it instead.
-    const std::string versions = quote_parts(table_parts_, "_migrations");
-    std::string body = "SELECT pg_advisory_xact_lock(7242018419356113);\n"
-                       "CREATE TABLE IF NOT EXISTS " + versions +
-                       " (version int PRIMARY KEY, id text NOT NULL, "
-                       "applied_at timestamptz NOT NULL DEFAULT clock_timestamp());\n";
+    std::string body;
     for (const Migration& m : migrations()) {
-      body += "DO $distrlock$ BEGIN IF NOT EXISTS (SELECT 1 FROM " + versions + " WHERE version = " +
-              std::to_string(m.version) + ") THEN\n" + m.up + ";\nINSERT INTO " + versions +
+      body += "DO $distrlock$ BEGIN IF NOT EXISTS (SELECT 1 FROM " + versions_table() + " WHERE version = " +
+              std::to_string(m.version) + ") THEN\n" + m.up + ";\nINSERT INTO " + versions_table() +
               " (version, id) VALUES (" + std::to_string(m.version) + ", '" + m.id + "');\nEND IF; END $distrlock$;\n";
     }
-    const std::string script = ctx.connection ? body : "BEGIN;\n" + body + "COMMIT;";
+    run_migration_script(ctx, body, ec);
+  }
+
+  void migrate_down(const OpContext& ctx, std::error_code& ec) override {
+    std::string body;
+    const std::vector<Migration> all = migrations();
+    for (auto m = all.rbegin(); m != all.rend(); ++m) {
+      body += "DO $distrlock$ BEGIN IF EXISTS (SELECT 1 FROM " + versions_table() + " WHERE version = " +
+              std::to_string(m->version) + ") THEN\n" + m->down + ";\nDELETE FROM " + versions_table() +
+              " WHERE version = " + std::to_string(m->version) + ";\nEND IF; END $distrlock$;\n";
+    }
+    body += "DROP TABLE " + versions_table() + ";\n";
+    run_migration_script(ctx, body, ec);
+  }
+
+ private:
+  std::string versions_table() const { return quote_parts(table_parts_, "_migrations"); }
+
+  /// Runs `body` in one script, one round trip. The advisory lock serialises concurrent migrators; the
+  /// version table makes re-runs no-ops. On a caller's connection the caller's transaction frames it.
+  void run_migration_script(const OpContext& ctx, const std::string& body, std::error_code& ec) {
+    const std::string locked = "SELECT pg_advisory_xact_lock(7242018419356113);\nCREATE TABLE IF NOT EXISTS " +
+                               versions_table() +
+                               " (version int PRIMARY KEY, id text NOT NULL, "
+                               "applied_at timestamptz NOT NULL DEFAULT clock_timestamp());\n" + body;
+    const std::string script = ctx.connection ? locked : "BEGIN;\n" + locked + "COMMIT;";
     auto send = [&script](PGconn* c) { return PQsendQuery(c, script.c_str()); };
     if (ctx.connection) {
       RunState st;
@@ -182,7 +240,6 @@ class PostgresBackend final : public Backend {
     on_pool(ctx, ec, [&](pg::Connection& c, RunState& st) { return pg::run(c.conn.get(), send, ctx, ec, st); });
   }
 
- private:
   PGconn* caller_connection(const OpContext& ctx, std::error_code& ec) const {
     if (ctx.connection.kind() != NativeConnection::Kind::postgres) {
       fail(ec, errc::invalid_argument, "the connection passed in Call is not a PostgreSQL connection");
@@ -214,6 +271,7 @@ class PostgresBackend final : public Backend {
     static constexpr Oid types[stmt_count][4] = {{bytea_oid, bytea_oid, int8_oid, text_oid},
                                                  {bytea_oid, bytea_oid, int8_oid, 0},
                                                  {bytea_oid, bytea_oid, 0, 0},
+                                                 {0, 0, 0, 0},
                                                  {0, 0, 0, 0}};
     const std::string& sql = sql_[id];
     if (ctx.connection) {
