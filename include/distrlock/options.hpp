@@ -9,7 +9,10 @@
 #include <string>
 #include <string_view>
 
-struct pg_conn;  // libpq's PGconn; the libpq header itself never reaches users of distrlock.
+// The native handles a caller may pass in; their client headers never reach users of distrlock.
+struct pg_conn;   // libpq's PGconn
+struct sqlite3;   // SQLite's sqlite3
+struct st_mysql;  // MariaDB Connector/C's (and MySQL's) MYSQL
 
 namespace distrlock {
 
@@ -50,8 +53,10 @@ class NativeConnection {
  public:
   NativeConnection() = default;
   static NativeConnection postgres(pg_conn* conn) noexcept { return NativeConnection(Kind::postgres, conn); }
+  static NativeConnection sqlite(sqlite3* db) noexcept { return NativeConnection(Kind::sqlite, db); }
+  static NativeConnection mysql(st_mysql* conn) noexcept { return NativeConnection(Kind::mysql, conn); }
 
-  enum class Kind { none, postgres };
+  enum class Kind { none, postgres, sqlite, mysql };
   Kind kind() const noexcept { return kind_; }
   void* handle() const noexcept { return handle_; }
   explicit operator bool() const noexcept { return handle_ != nullptr; }

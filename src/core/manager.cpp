@@ -9,6 +9,12 @@
 #ifdef DISTRLOCK_WITH_POSTGRES
 #include "backends/postgres/pg_backend.hpp"
 #endif
+#ifdef DISTRLOCK_WITH_SQLITE
+#include "backends/sqlite/sqlite_backend.hpp"
+#endif
+#ifdef DISTRLOCK_WITH_MYSQL
+#include "backends/mysql/mysql_backend.hpp"
+#endif
 
 namespace distrlock {
 namespace detail {
@@ -89,20 +95,38 @@ Manager Manager::open(std::string_view url, Options options, std::error_code& ec
     auto state = std::make_shared<detail::ManagerState>();
     state->masked_url = masked;
     const bool is_pg_url = url.starts_with("postgresql://") || url.starts_with("postgres://");
-    const bool is_pg_kv = url.find("://") == std::string_view::npos && url.find('=') != std::string_view::npos;
+    const bool is_pg_kv = url.find("://") == std::string_view::npos && url.find('=') != std::string_view::npos &&
+                          !url.starts_with("sqlite:");
+    [[maybe_unused]] auto not_built = [&](const char* which) {
+      fail(ec, errc::invalid_argument, std::string("this build of distrlock has no ") + which + " backend: " + masked);
+      return Manager(nullptr);
+    };
     if (is_pg_url || is_pg_kv) {
 #ifdef DISTRLOCK_WITH_POSTGRES
       state->backend = detail::make_postgres_backend(std::string(url), options, table);
 #else
-      return (fail(ec, errc::invalid_argument, "this build has no PostgreSQL backend: " + masked), Manager(nullptr));
+      return not_built("PostgreSQL");
+#endif
+    } else if (url.starts_with("sqlite:")) {
+#ifdef DISTRLOCK_WITH_SQLITE
+      state->backend = detail::make_sqlite_backend(std::string(url.substr(7)), options, table);
+#else
+      return not_built("SQLite");
+#endif
+    } else if (url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+#ifdef DISTRLOCK_WITH_MYSQL
+      state->backend = detail::make_mysql_backend(std::string(url), options, table);
+#else
+      return not_built("MySQL/MariaDB");
 #endif
     } else {
       const std::size_t colon = url.find(':');
       const std::string scheme(url.substr(0, colon == std::string_view::npos ? url.size() : colon));
-      return (fail(ec, errc::invalid_argument,
-                   "unknown database URL scheme \"" + detail::printable(scheme) +
-                       "\" (expected postgresql://, postgres:// or a libpq key=value string)"),
-              Manager(nullptr));
+      fail(ec, errc::invalid_argument,
+           "unknown database URL scheme \"" + detail::printable(scheme) +
+               "\" (expected sqlite:PATH, postgresql://, postgres://, a libpq key=value string, mysql:// or "
+               "mariadb://)");
+      return Manager(nullptr);
     }
     state->options = std::move(options);
     return Manager(std::move(state));

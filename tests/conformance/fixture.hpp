@@ -39,6 +39,10 @@ class Conformance : public ::testing::TestWithParam<std::string> {
   std::string key_;
 };
 
+/// The conformance cases that need a server process to stop, restart or cut off; an embedded database has
+/// none, so they run only for the backends in server_backend_names().
+class ServerConformance : public Conformance {};
+
 inline std::string backend_test_name(const ::testing::TestParamInfo<std::string>& info) { return info.param; }
 
 }  // namespace dltest

@@ -18,8 +18,7 @@ TEST_P(Conformance, TableNamesWithQuotesSemicolonsOrSpacesAreInvalidArguments) {
 
 TEST_P(Conformance, SchemaQualifiedTableNamesAreAccepted) {
   auto admin = session();
-  const std::string schema = unique_table();
-  admin->query("CREATE SCHEMA " + schema);
+  const std::string schema = admin->make_schema();
   distrlock::Options o = options();
   o.table = schema + ".locks";
   auto m = distrlock::Manager::open(url_, o);

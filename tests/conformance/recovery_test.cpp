@@ -10,7 +10,7 @@ using distrlock::Call;
 using distrlock::Clock;
 using distrlock::errc;
 
-TEST_P(Conformance, ThePoolRecoversAfterAServerRestart) {
+TEST_P(ServerConformance, ThePoolRecoversAfterAServerRestart) {
   distrlock::Lock before = manager().lock(key() + "/before");
   ASSERT_TRUE(before.try_acquire(30s));
   ASSERT_EQ(services("restart", backend_->service), 0);
@@ -20,7 +20,7 @@ TEST_P(Conformance, ThePoolRecoversAfterAServerRestart) {
   before.release();
 }
 
-TEST_P(Conformance, ALeaseDestroyedWhileTheServerIsDownDoesNotThrowAndLogsTheFailure) {
+TEST_P(ServerConformance, ALeaseDestroyedWhileTheServerIsDownDoesNotThrowAndLogsTheFailure) {
   {
     auto lease = std::make_optional(manager().acquire(key(), {.ttl = 30s, .release_timeout = 500ms}));
     ASSERT_EQ(services("down", backend_->service), 0);
@@ -33,7 +33,7 @@ TEST_P(Conformance, ALeaseDestroyedWhileTheServerIsDownDoesNotThrowAndLogsTheFai
       << "the failed release must be reported to the logger";
 }
 
-TEST_P(Conformance, AnOperationAgainstAStoppedServerFailsWithUnavailableWithinItsDeadline) {
+TEST_P(ServerConformance, AnOperationAgainstAStoppedServerFailsWithUnavailableWithinItsDeadline) {
   ASSERT_EQ(services("down", backend_->service), 0);
   distrlock::Options o = options();
   o.connect_timeout = 500ms;

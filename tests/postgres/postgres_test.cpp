@@ -288,7 +288,7 @@ TEST_F(Postgres, TheDefaultLoggerReportsALostLeaseOnStderrWithKeyAndTokenAndNoPa
   ::testing::internal::CaptureStderr();
   {
     distrlock::Lease lease = m.acquire(key_, {.ttl = 1s, .extend_every = 100ms});
-    admin_->query("UPDATE distributed_locks SET token = 'thief' WHERE token = '" + lease.token() + "'");
+    admin_->steal(lease.token());
     const auto give_up = Clock::now() + 3s;
     while (!lease.lost() && Clock::now() < give_up) std::this_thread::sleep_for(10ms);
     ASSERT_TRUE(lease.lost());

@@ -1,7 +1,6 @@
 #include "support.hpp"
 
 #include <gtest/gtest.h>
-#include <libpq-fe.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -10,47 +9,15 @@
 namespace dltest {
 namespace {
 
-class PostgresSession final : public CallerSession {
- public:
-  explicit PostgresSession(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
-    if (PQstatus(conn_) != CONNECTION_OK) ADD_FAILURE() << "cannot connect: " << PQerrorMessage(conn_);
-  }
-  ~PostgresSession() override { PQfinish(conn_); }
-
-  std::string query(std::string_view sql, std::string* error_out) override {
-    PGresult* r = PQexec(conn_, std::string(sql).c_str());
-    std::string out;
-    const ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-      if (error_out != nullptr) {
-        *error_out = PQresultErrorMessage(r);
-      } else {
-        ADD_FAILURE() << sql << ": " << PQresultErrorMessage(r);
-      }
-    } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
-      out = PQgetvalue(r, 0, 0);
-    }
-    PQclear(r);
-    return out;
-  }
-  distrlock::NativeConnection native() override { return distrlock::NativeConnection::postgres(conn_); }
-
- private:
-  PGconn* conn_;
-};
-
 std::vector<BackendUnderTest> make_backends() {
   std::vector<BackendUnderTest> all;
-  all.push_back(BackendUnderTest{
-      "postgres",
-      "DISTRLOCK_TEST_PG",
-      "postgres",
-      {{"read_uncommitted", "BEGIN ISOLATION LEVEL READ UNCOMMITTED"},
-       {"read_committed", "BEGIN ISOLATION LEVEL READ COMMITTED"},
-       {"repeatable_read", "BEGIN ISOLATION LEVEL REPEATABLE READ"},
-       {"serializable", "BEGIN ISOLATION LEVEL SERIALIZABLE"}},
-      [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<PostgresSession>(url); },
-  });
+  all.push_back(postgres_backend_under_test());
+#ifdef DISTRLOCK_TEST_SQLITE_READY
+  all.push_back(sqlite_backend_under_test());
+#endif
+#ifdef DISTRLOCK_TEST_MYSQL_READY
+  all.push_back(mysql_backend_under_test());
+#endif
   return all;
 }
 
@@ -78,6 +45,13 @@ const BackendUnderTest& backend(std::string_view name) {
 std::vector<std::string> backend_names() {
   std::vector<std::string> names;
   for (const auto& b : backends()) names.push_back(b.name);
+  return names;
+}
+
+std::vector<std::string> server_backend_names() {
+  std::vector<std::string> names;
+  for (const auto& b : backends())
+    if (!b.service.empty()) names.push_back(b.name);
   return names;
 }
 

@@ -24,20 +24,32 @@ class CallerSession {
   /// `error_out` is given, in which case the error text is stored there.
   virtual std::string query(std::string_view sql, std::string* error_out = nullptr) = 0;
   virtual distrlock::NativeConnection native() = 0;
+  /// Creates a fresh schema (or database, or attached file) for a schema-qualified table; returns its name.
+  virtual std::string make_schema() = 0;
+  /// Gives the lease held by `token` in the default table to another token, as a takeover behind the
+  /// holder's back (a paused holder whose lease expired and was re-granted) would.
+  virtual void steal(std::string_view token) = 0;
 };
 
 struct BackendUnderTest {
   std::string name;      // "postgres"
   std::string env_var;   // where scripts/services puts its URL
-  std::string service;   // the scripts/services name
+  std::string service;   // the scripts/services name; empty for an embedded database (no server)
   /// SQL that opens a transaction at each isolation level the backend offers.
   std::vector<std::pair<std::string, std::string>> isolation_levels;
   std::function<std::unique_ptr<CallerSession>(const std::string& url)> open_session;
 };
 
+/// Each backend's entry, defined in support/backend_<name>.cpp.
+BackendUnderTest postgres_backend_under_test();
+BackendUnderTest sqlite_backend_under_test();
+BackendUnderTest mysql_backend_under_test();
+
 /// The backends the conformance suite runs against, by name.
 const BackendUnderTest& backend(std::string_view name);
 std::vector<std::string> backend_names();
+/// The backends that have a server process (which can be stopped, restarted, or have connections killed).
+std::vector<std::string> server_backend_names();
 
 /// The value of `var`, or an empty string after recording a test failure that says how to start the server.
 std::string server_url(const BackendUnderTest& b);

@@ -1,0 +1,2 @@
+// PLACEHOLDER: replaced by the mysql backend's entry.
+#include "support.hpp"

@@ -1,0 +1,62 @@
+// PostgreSQL as a backend under test: its URL, isolation levels and a libpq session for caller transactions.
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+
+#include "support.hpp"
+
+namespace dltest {
+namespace {
+
+class PostgresSession final : public CallerSession {
+ public:
+  explicit PostgresSession(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+    if (PQstatus(conn_) != CONNECTION_OK) ADD_FAILURE() << "cannot connect: " << PQerrorMessage(conn_);
+  }
+  ~PostgresSession() override { PQfinish(conn_); }
+
+  std::string query(std::string_view sql, std::string* error_out) override {
+    PGresult* r = PQexec(conn_, std::string(sql).c_str());
+    std::string out;
+    const ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+      if (error_out != nullptr) {
+        *error_out = PQresultErrorMessage(r);
+      } else {
+        ADD_FAILURE() << sql << ": " << PQresultErrorMessage(r);
+      }
+    } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
+      out = PQgetvalue(r, 0, 0);
+    }
+    PQclear(r);
+    return out;
+  }
+  distrlock::NativeConnection native() override { return distrlock::NativeConnection::postgres(conn_); }
+  std::string make_schema() override {
+    const std::string name = unique_table();
+    query("CREATE SCHEMA " + name, nullptr);
+    return name;
+  }
+  void steal(std::string_view token) override {
+    query("UPDATE distributed_locks SET token = 'thief' WHERE token = '" + std::string(token) + "'", nullptr);
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+}  // namespace
+
+BackendUnderTest postgres_backend_under_test() {
+  return BackendUnderTest{
+      "postgres",
+      "DISTRLOCK_TEST_PG",
+      "postgres",
+      {{"read_uncommitted", "BEGIN ISOLATION LEVEL READ UNCOMMITTED"},
+       {"read_committed", "BEGIN ISOLATION LEVEL READ COMMITTED"},
+       {"repeatable_read", "BEGIN ISOLATION LEVEL REPEATABLE READ"},
+       {"serializable", "BEGIN ISOLATION LEVEL SERIALIZABLE"}},
+      [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<PostgresSession>(url); },
+  };
+}
+
+}  // namespace dltest

@@ -1,0 +1,2 @@
+// PLACEHOLDER: replaced by the sqlite backend's entry.
+#include "support.hpp"
