@@ -12,25 +12,28 @@
 // into a fixed-size log-linear histogram per client (relative error < 0.8%), so memory does not grow with S.
 // Exit status: 0 ok, 1 when any operation failed (counted in "errors"), 64 bad usage.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
+#include <iomanip>
 #include <iostream>
 #include <latch>
+#include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "distrlock/distrlock.hpp"
 
@@ -44,6 +47,9 @@ constexpr int exit_usage = 64;
 constexpr int warmup_cycles = 20;
 constexpr std::chrono::milliseconds lease_ttl = 30s;
 constexpr std::chrono::milliseconds error_backoff = 10ms;  // keeps a dead server from turning into a hot loop
+
+constexpr int max_clients = 1024;
+constexpr double max_seconds = 86400;
 
 constexpr const char* usage_text =
     "usage: distrlock-bench --db URL --scenario cycle --clients N --seconds S [--keys K] [--json]\n"
@@ -64,78 +70,95 @@ struct Config {
   bool json = false;
 };
 
-[[noreturn]] void usage_error(const std::string& message) {
-  std::cerr << "distrlock-bench: " << message << " (see --help)\n";
-  std::exit(exit_usage);
-}
+/// A usage mistake: main() prints it as one line and exits 64.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
+/// The whole of `text` as a number, or nothing.
 template <class T>
 std::optional<T> parse_number(std::string_view text) {
   T value{};
-  const char* end = text.data() + text.size();
+  const char* end = std::to_address(text.end());
   const auto [ptr, err] = std::from_chars(text.data(), end, value);
   if (err != std::errc() || ptr != end || text.empty()) return std::nullopt;
   return value;
 }
 
-Config parse_args(int argc, char** argv) {
+constexpr std::array<std::string_view, 5> value_options = {"--db", "--scenario", "--clients", "--seconds", "--keys"};
+
+/// What parse_args() collects before checking that nothing is missing.
+struct Parsed {
   Config cfg;
   std::optional<int> clients;
   std::optional<double> seconds;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
+};
+
+void apply_option(std::string_view name, std::string_view value, Parsed& p) {
+  const auto bad = [&](const char* rule) {
+    return UsageError(std::string(name) + " must be " + rule + ", got \"" + std::string(value) + "\"");
+  };
+  if (name == "--db") {
+    if (value.empty()) throw bad("a non-empty URL");
+    p.cfg.db = value;
+  } else if (name == "--scenario") {
+    p.cfg.scenario = value;
+  } else if (name == "--clients") {
+    p.clients = parse_number<int>(value);
+    if (!p.clients || *p.clients < 1 || *p.clients > max_clients) throw bad("an integer from 1 to 1024");
+  } else if (name == "--seconds") {
+    p.seconds = parse_number<double>(value);
+    if (!p.seconds || !(*p.seconds > 0) || *p.seconds > max_seconds) throw bad("a number > 0 and <= 86400");
+  } else if (name == "--keys") {
+    const auto keys = parse_number<std::uint64_t>(value);
+    if (!keys || *keys < 1) throw bad("an integer >= 1");
+    p.cfg.keys = *keys;
+  } else {
+    throw UsageError("unknown argument \"" + std::string(name) + "\"");
+  }
+}
+
+/// Returns nothing when --help was asked for (and printed).
+std::optional<Config> parse_args(std::span<char* const> args) {
+  Parsed p;
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    const std::string_view arg = args[i];
     if (arg == "--help" || arg == "-h") {
       std::cout << usage_text;
-      std::exit(0);
+      return std::nullopt;
     }
     if (arg == "--json") {
-      cfg.json = true;
+      p.cfg.json = true;
       continue;
     }
     // Every other option takes a value: "--name value" or "--name=value".
-    std::string_view name = arg;
-    std::optional<std::string_view> value;
-    if (const std::size_t eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
-      name = arg.substr(0, eq);
-      value = arg.substr(eq + 1);
-    }
-    if (name != "--db" && name != "--scenario" && name != "--clients" && name != "--seconds" && name != "--keys")
-      usage_error("unknown argument \"" + std::string(arg) + "\"");
-    if (!value) {
-      if (i + 1 >= argc) usage_error(std::string(name) + " needs a value");
-      value = argv[++i];
-    }
-    if (name == "--db") {
-      if (value->empty()) usage_error("--db needs a non-empty URL");
-      cfg.db = *value;
-    } else if (name == "--scenario") {
-      cfg.scenario = *value;
-    } else if (name == "--clients") {
-      clients = parse_number<int>(*value);
-      if (!clients || *clients < 1 || *clients > 1024)
-        usage_error("--clients must be an integer from 1 to 1024, got \"" + std::string(*value) + "\"");
-    } else if (name == "--seconds") {
-      seconds = parse_number<double>(*value);
-      if (!seconds || !(*seconds > 0) || *seconds > 86400)
-        usage_error("--seconds must be a number > 0 and <= 86400, got \"" + std::string(*value) + "\"");
-    } else {  // --keys
-      const auto keys = parse_number<std::uint64_t>(*value);
-      if (!keys || *keys < 1) usage_error("--keys must be an integer >= 1, got \"" + std::string(*value) + "\"");
-      cfg.keys = *keys;
+    const std::size_t eq = arg.find('=');
+    if (arg.starts_with("--") && eq != std::string_view::npos) {
+      apply_option(arg.substr(0, eq), arg.substr(eq + 1), p);
+    } else if (!arg.starts_with("--")) {
+      throw UsageError("unexpected argument \"" + std::string(arg) + "\"");
+    } else if (i + 1 < args.size()) {
+      apply_option(arg, args[++i], p);
+    } else if (std::find(std::begin(value_options), std::end(value_options), arg) != std::end(value_options)) {
+      throw UsageError(std::string(arg) + " needs a value");
+    } else {
+      throw UsageError("unknown argument \"" + std::string(arg) + "\"");
     }
   }
-  if (cfg.db.empty()) {
-    if (const char* env = std::getenv("DISTRLOCK_DB"); env != nullptr && *env != '\0') cfg.db = env;
-    else usage_error("missing --db URL (and $DISTRLOCK_DB is not set)");
+  if (p.cfg.db.empty()) {
+    // Read before any thread starts, so getenv's lack of thread safety cannot bite.
+    const char* env = std::getenv("DISTRLOCK_DB");  // NOLINT(concurrency-mt-unsafe)
+    if (env == nullptr || *env == '\0') throw UsageError("missing --db URL (and $DISTRLOCK_DB is not set)");
+    p.cfg.db = env;
   }
-  if (cfg.scenario.empty()) usage_error("missing --scenario");
-  if (cfg.scenario != "cycle")
-    usage_error("unknown or not yet implemented scenario \"" + cfg.scenario + "\" (available: cycle)");
-  if (!clients) usage_error("missing --clients N");
-  if (!seconds) usage_error("missing --seconds S");
-  cfg.clients = *clients;
-  cfg.seconds = *seconds;
-  return cfg;
+  if (p.cfg.scenario.empty()) throw UsageError("missing --scenario");
+  if (p.cfg.scenario != "cycle")
+    throw UsageError("unknown or not yet implemented scenario \"" + p.cfg.scenario + "\" (available: cycle)");
+  if (!p.clients) throw UsageError("missing --clients N");
+  if (!p.seconds) throw UsageError("missing --seconds S");
+  p.cfg.clients = *p.clients;
+  p.cfg.seconds = *p.seconds;
+  return p.cfg;
 }
 
 /// Log-linear latency histogram in nanoseconds: exact below 128 ns, then 128 buckets per power of two, so
@@ -159,13 +182,16 @@ class Histogram {
   }
 
   std::uint64_t count() const noexcept { return count_; }
-  double mean_ns() const noexcept { return count_ == 0 ? 0.0 : static_cast<double>(sum_) / static_cast<double>(count_); }
+  double mean_ns() const noexcept {
+    return count_ == 0 ? 0.0 : static_cast<double>(sum_) / static_cast<double>(count_);
+  }
   double max_ns() const noexcept { return static_cast<double>(max_); }
 
   /// The value at quantile q (0..1]: the middle of the bucket holding the ceil(q * count)-th smallest value.
   double quantile_ns(double q) const noexcept {
     if (count_ == 0) return 0.0;
-    const auto rank = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(count_))));
+    const auto rank =
+        std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(count_))));
     std::uint64_t seen = 0;
     for (std::size_t i = 0; i < bucket_count; ++i) {
       seen += counts_[i];
@@ -205,85 +231,170 @@ struct ClientResult {
   std::uint64_t busy = 0;  // try_acquire said "held by another token": a stale lease, never expected here
   Clock::time_point finished{};
   std::string first_error;
+
+  void note_error(std::string_view what, const std::string& why) {
+    ++errors;
+    if (first_error.empty()) first_error = std::string(what) + ": " + why;
+  }
 };
 
-/// What the main thread hands the clients once they are all warmed up. Written before `go` is counted
-/// down and read after `go.wait()`, which orders the accesses.
+/// Start and stop for every client. The main thread writes `end` before counting `go` down and the clients
+/// read it after go.wait(), which orders the accesses.
 struct Schedule {
+  std::latch warmed;
+  std::latch go{1};
   Clock::time_point end{};
+
+  explicit Schedule(int clients) : warmed(clients) {}
 };
 
-void run_cycle_client(const Config& cfg, int id, ClientResult& out, std::latch& warmed, std::latch& go,
-                      const Schedule& schedule) {
-  auto note_error = [&out](std::string_view what, std::error_code ec) {
-    ++out.errors;
-    if (out.first_error.empty()) out.first_error = std::string(what) + ": " + ec.message();
-  };
-
-  std::error_code ec;
-  std::optional<distrlock::Manager> mgr;
-  {
+/// One client of the "cycle" scenario: its own Manager with one connection, random keys of its own.
+class CycleClient {
+ public:
+  CycleClient(const Config& cfg, int id, ClientResult& out)
+      : out_(out),
+        rng_(std::random_device{}() ^ (static_cast<std::uint64_t>(id) << 32U)),
+        pick_(0, cfg.keys - 1),
+        prefix_("bench/" + std::to_string(id) + "/") {
+    std::error_code ec;
     distrlock::Manager m = distrlock::Manager::open(cfg.db, distrlock::Options{.pool_size = 1}, ec);
-    if (!ec) mgr.emplace(std::move(m));
-    else note_error("open", ec);
+    if (ec) {
+      out_.note_error("open", ec.message());
+      return;
+    }
+    mgr_.emplace(std::move(m));
+    key_.reserve(prefix_.size() + 20);
   }
 
-  std::mt19937_64 rng(std::random_device{}() ^ (static_cast<std::uint64_t>(id) << 32));
-  std::uniform_int_distribution<std::uint64_t> pick(0, cfg.keys - 1);
-  const std::string prefix = "bench/" + std::to_string(id) + "/";
-  std::string key = prefix;
-  key.reserve(prefix.size() + 20);
+  bool ready() const noexcept { return mgr_.has_value(); }
 
-  // One acquire + release on a random key. Returns false on an error (already counted).
-  auto cycle = [&](Histogram* latency) -> bool {
-    char digits[24];
-    const auto [end, conv_ec] = std::to_chars(std::begin(digits), std::end(digits), pick(rng));
-    key.resize(prefix.size());
-    key.append(digits, end);
+  /// One try_acquire + release on a random key, timed into `latency` unless it is null (warm-up).
+  /// Returns false on an error, which is counted.
+  bool cycle(Histogram* latency) {
+    std::array<char, 24> digits{};
+    const auto conv = std::to_chars(digits.begin(), digits.end(), pick_(rng_));
+    key_.assign(prefix_).append(digits.data(), conv.ptr);
 
+    std::error_code ec;
     const Clock::time_point t0 = Clock::now();
-    distrlock::Lock lock = mgr->lock(key, ec);
-    if (ec) return note_error("lock", ec), false;
+    distrlock::Lock lock = mgr_->lock(key_, ec);
+    if (ec) return failed("lock", ec);
     const bool acquired = lock.try_acquire(lease_ttl, ec);
-    if (ec) return note_error("try_acquire", ec), false;
+    if (ec) return failed("try_acquire", ec);
     if (!acquired) {
-      ++out.busy;
+      ++out_.busy;
       return true;
     }
     lock.release(ec);
     const Clock::time_point t1 = Clock::now();
-    if (ec) return note_error("release", ec), false;
+    if (ec) return failed("release", ec);
     if (latency != nullptr) {
-      latency->record(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
-      ++out.ops;
+      latency->record(
+          static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+      ++out_.ops;
     }
     return true;
-  };
-
-  if (mgr) {
-    for (int i = 0; i < warmup_cycles; ++i)
-      if (!cycle(nullptr)) break;  // a broken server would make every warm-up cycle wait for its timeout
   }
-  out.busy = 0;  // count only the timed run's
-  warmed.count_down();
-  go.wait();
 
-  if (mgr) {
-    while (Clock::now() < schedule.end) {
-      if (!cycle(&out.latency)) std::this_thread::sleep_for(error_backoff);
+ private:
+  bool failed(std::string_view what, std::error_code ec) {
+    out_.note_error(what, ec.message());
+    return false;
+  }
+
+  ClientResult& out_;
+  std::optional<distrlock::Manager> mgr_;
+  std::mt19937_64 rng_;
+  std::uniform_int_distribution<std::uint64_t> pick_;
+  std::string prefix_;
+  std::string key_;
+};
+
+void run_cycle_client(const Config& cfg, int id, ClientResult& out, Schedule& schedule) noexcept {
+  bool arrived = false;
+  try {
+    CycleClient client(cfg, id, out);
+    if (client.ready()) {
+      for (int i = 0; i < warmup_cycles; ++i)
+        if (!client.cycle(nullptr)) break;  // a dead server would make every warm-up cycle wait for its timeout
     }
+    out.busy = 0;  // count only the timed run's
+    arrived = true;
+    schedule.warmed.count_down();
+    schedule.go.wait();
+    if (client.ready()) {
+      while (Clock::now() < schedule.end)
+        if (!client.cycle(&out.latency)) std::this_thread::sleep_for(error_backoff);
+    }
+  } catch (const std::exception& e) {
+    out.note_error("client thread", e.what());
+    if (!arrived) schedule.warmed.count_down();
   }
   out.finished = Clock::now();
 }
 
 double round1(double v) { return std::round(v * 10.0) / 10.0; }
 
-}  // namespace
+struct Totals {
+  Histogram latency;
+  std::uint64_t ops = 0;
+  std::uint64_t errors = 0;
+  std::uint64_t busy = 0;
+  double elapsed = 0;
+  std::string first_error;
+};
 
-int main(int argc, char** argv) {
-  const Config cfg = parse_args(argc, argv);
+Totals add_up(const std::vector<ClientResult>& results, Clock::time_point start) {
+  Totals t;
+  Clock::time_point last_finish = start;
+  for (const ClientResult& r : results) {
+    t.latency.merge(r.latency);
+    t.ops += r.ops;
+    t.errors += r.errors;
+    t.busy += r.busy;
+    last_finish = std::max(last_finish, r.finished);
+    if (t.first_error.empty()) t.first_error = r.first_error;
+  }
+  t.elapsed = std::chrono::duration<double>(last_finish - start).count();
+  return t;
+}
 
-  // Open once up front to validate the URL and create the table; the clients open their own Managers.
+void report(const Config& cfg, std::string_view backend, const Totals& t) {
+  const double ops_per_sec = t.elapsed > 0 ? static_cast<double>(t.ops) / t.elapsed : 0.0;
+  const auto us = [&t](double q) { return round1(t.latency.quantile_ns(q) / 1e3); };
+  if (cfg.json) {
+    nlohmann::ordered_json j;
+    j["scenario"] = cfg.scenario;
+    j["backend"] = backend;
+    j["clients"] = cfg.clients;
+    if (cfg.seconds == std::floor(cfg.seconds))
+      j["seconds"] = static_cast<std::int64_t>(cfg.seconds);
+    else
+      j["seconds"] = cfg.seconds;
+    j["ops"] = t.ops;
+    j["ops_per_sec"] = round1(ops_per_sec);
+    j["latency_us"] = {{"p50", us(0.50)},
+                       {"p90", us(0.90)},
+                       {"p99", us(0.99)},
+                       {"p999", us(0.999)},
+                       {"max", round1(t.latency.max_ns() / 1e3)},
+                       {"mean", round1(t.latency.mean_ns() / 1e3)}};
+    j["errors"] = t.errors;
+    j["busy"] = t.busy;
+    j["keys"] = cfg.keys;
+    j["elapsed_s"] = std::round(t.elapsed * 1000.0) / 1000.0;
+    std::cout << j.dump() << std::endl;
+  } else {
+    std::cout << std::fixed << std::setprecision(1) << cfg.scenario << " on " << backend << ": " << cfg.clients
+              << " clients, " << std::setprecision(3) << t.elapsed << " s: " << t.ops << " ops, "
+              << std::setprecision(1) << ops_per_sec << " ops/s, latency p50 " << us(0.50) << " us, p99 " << us(0.99)
+              << " us, max " << t.latency.max_ns() / 1e3 << " us; " << t.errors << " errors, " << t.busy << " busy"
+              << std::endl;
+  }
+}
+
+int run(const Config& cfg) {
+  // Open once up front to check the URL and create the table; the clients open their own Managers.
   std::string backend;
   {
     std::error_code ec;
@@ -301,68 +412,40 @@ int main(int argc, char** argv) {
   }
 
   std::vector<ClientResult> results(static_cast<std::size_t>(cfg.clients));
-  std::latch warmed(cfg.clients);
-  std::latch go(1);
-  Schedule schedule;
-  std::vector<std::jthread> threads;
-  threads.reserve(results.size());
-  for (int i = 0; i < cfg.clients; ++i)
-    threads.emplace_back(run_cycle_client, std::cref(cfg), i, std::ref(results[static_cast<std::size_t>(i)]),
-                         std::ref(warmed), std::ref(go), std::cref(schedule));
+  Schedule schedule(cfg.clients);
+  Clock::time_point start;
+  {
+    std::vector<std::jthread> threads;
+    threads.reserve(results.size());
+    for (int i = 0; i < cfg.clients; ++i)
+      threads.emplace_back(run_cycle_client, std::cref(cfg), i, std::ref(results[static_cast<std::size_t>(i)]),
+                           std::ref(schedule));
+    schedule.warmed.wait();
+    start = Clock::now();
+    schedule.end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.seconds));
+    schedule.go.count_down();
+  }  // joins every client
 
-  warmed.wait();
-  const Clock::time_point start = Clock::now();
-  schedule.end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.seconds));
-  go.count_down();
-  for (std::jthread& t : threads) t.join();
-
-  Histogram latency;
-  std::uint64_t ops = 0, errors = 0, busy = 0;
-  Clock::time_point last_finish = start;
-  std::string first_error;
-  for (const ClientResult& r : results) {
-    latency.merge(r.latency);
-    ops += r.ops;
-    errors += r.errors;
-    busy += r.busy;
-    last_finish = std::max(last_finish, r.finished);
-    if (first_error.empty()) first_error = r.first_error;
-  }
-  const double elapsed = std::chrono::duration<double>(last_finish - start).count();
-  const double ops_per_sec = elapsed > 0 ? static_cast<double>(ops) / elapsed : 0.0;
-
-  if (cfg.json) {
-    nlohmann::ordered_json j;
-    j["scenario"] = cfg.scenario;
-    j["backend"] = backend;
-    j["clients"] = cfg.clients;
-    if (cfg.seconds == std::floor(cfg.seconds)) j["seconds"] = static_cast<std::int64_t>(cfg.seconds);
-    else j["seconds"] = cfg.seconds;
-    j["ops"] = ops;
-    j["ops_per_sec"] = round1(ops_per_sec);
-    j["latency_us"] = {{"p50", round1(latency.quantile_ns(0.50) / 1e3)},
-                       {"p90", round1(latency.quantile_ns(0.90) / 1e3)},
-                       {"p99", round1(latency.quantile_ns(0.99) / 1e3)},
-                       {"p999", round1(latency.quantile_ns(0.999) / 1e3)},
-                       {"max", round1(latency.max_ns() / 1e3)},
-                       {"mean", round1(latency.mean_ns() / 1e3)}};
-    j["errors"] = errors;
-    j["busy"] = busy;
-    j["keys"] = cfg.keys;
-    j["elapsed_s"] = std::round(elapsed * 1000.0) / 1000.0;
-    std::cout << j.dump() << std::endl;
-  } else {
-    std::printf("%s on %s: %d clients, %.3f s: %llu ops, %.1f ops/s, latency p50 %.1f us, p99 %.1f us, "
-                "max %.1f us; %llu errors, %llu busy\n",
-                cfg.scenario.c_str(), backend.c_str(), cfg.clients, elapsed, static_cast<unsigned long long>(ops),
-                ops_per_sec, latency.quantile_ns(0.50) / 1e3, latency.quantile_ns(0.99) / 1e3,
-                latency.max_ns() / 1e3, static_cast<unsigned long long>(errors),
-                static_cast<unsigned long long>(busy));
-    std::fflush(stdout);
-  }
-  if (errors > 0) {
-    std::cerr << "distrlock-bench: " << errors << " operations failed; first: " << first_error << "\n";
+  const Totals totals = add_up(results, start);
+  report(cfg, backend, totals);
+  if (totals.errors > 0) {
+    std::cerr << "distrlock-bench: " << totals.errors << " operations failed; first: " << totals.first_error << "\n";
     return exit_errors;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const std::optional<Config> cfg = parse_args(std::span<char* const>(argv, static_cast<std::size_t>(argc)));
+    return cfg ? run(*cfg) : 0;
+  } catch (const UsageError& e) {
+    std::cerr << "distrlock-bench: " << e.what() << " (see --help)\n";
+    return exit_usage;
+  } catch (const std::exception& e) {
+    std::cerr << "distrlock-bench: " << e.what() << "\n";
+    return exit_errors;
+  }
 }
