@@ -34,13 +34,25 @@ void Heartbeat::remove(const std::shared_ptr<Beat>& beat) {
   cv_.notify_all();
 }
 
-void Heartbeat::mark_lost_locked(Beat& beat, const char* why) {
-  beat.registered = false;
-  beat.lost.store(true);
-  beat.stop.request_stop();
-  manager_.log(LogLevel::warning, std::string("lease lost: ") + describe(beat.key, beat.token) + " fence=" +
-                                      std::to_string(beat.fence) + " on " + manager_.masked_url + ": " + why +
-                                      "; the work it guards was told to stop");
+void Heartbeat::mark_lost_locked(const std::shared_ptr<Beat>& beat, const char* why) {
+  beat->registered = false;
+  beat->lost.store(true);
+  std::erase(beats_, beat);
+  lost_.push_back({beat, why});
+}
+
+void Heartbeat::report_lost(std::unique_lock<std::mutex>& lk) {
+  if (lost_.empty()) return;
+  std::vector<Lost> lost = std::exchange(lost_, {});
+  // Outside the lock: stop callbacks and the logger are user code, which may call back into the library.
+  lk.unlock();
+  for (const Lost& l : lost) {
+    l.beat->stop.request_stop();
+    manager_.log(LogLevel::warning, std::string("lease lost: ") + describe(l.beat->key, l.beat->token) + " fence=" +
+                                        std::to_string(l.beat->fence) + " on " + manager_.masked_url + ": " + l.why +
+                                        "; the work it guards was told to stop");
+  }
+  lk.lock();
 }
 
 void Heartbeat::run(std::stop_token stop) {
@@ -66,10 +78,10 @@ void Heartbeat::run(std::stop_token stop) {
         batch.push_back(b);  // due, or half-way there: extending it now lets it share this statement
       }
     }
-    for (const auto& b : expiring) {
-      mark_lost_locked(*b, "it came within its safety margin of expiring without a successful extension");
-      std::erase(beats_, b);
-    }
+    for (const auto& b : expiring)
+      mark_lost_locked(b, "it came within its safety margin of expiring without a successful extension");
+    report_lost(lk);
+    std::erase_if(batch, [](const auto& b) { return !b->registered; });  // released while unlocked
     if (batch.empty()) continue;
 
     Clock::time_point deadline = now + manager_.options.operation_timeout;
@@ -89,26 +101,28 @@ void Heartbeat::run(std::stop_token stop) {
 
     const Clock::time_point after = Clock::now();
     if (ec) {
-      manager_.log(LogLevel::warning, "heartbeat could not extend " + std::to_string(batch.size()) +
-                                          " lease(s) on " + manager_.masked_url + ": " + ec.message() +
-                                          (detail.empty() ? "" : ": " + detail) + "; retrying");
       for (const auto& b : batch) {
         const milliseconds retry = std::clamp(b->extend_every / 4, milliseconds{10}, milliseconds{1000});
         b->next_due = after + retry;
       }
+      lk.unlock();
+      manager_.log(LogLevel::warning, "heartbeat could not extend " + std::to_string(batch.size()) +
+                                          " lease(s) on " + manager_.masked_url + ": " + ec.message() +
+                                          (detail.empty() ? "" : ": " + detail) + "; retrying");
+      lk.lock();
       continue;
     }
     for (std::size_t i = 0; i < batch.size(); ++i) {
       Beat& b = *batch[i];
       if (!b.registered) continue;  // released while the statement ran
       if (left[i] < milliseconds{0}) {
-        mark_lost_locked(b, "another token holds the key, or the lease expired");
-        std::erase(beats_, batch[i]);
+        mark_lost_locked(batch[i], "another token holds the key, or the lease expired");
       } else {
         b.valid_until = sent_at + left[i];
         b.next_due = after + b.extend_every;
       }
     }
+    report_lost(lk);
   }
 }
 

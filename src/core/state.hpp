@@ -59,13 +59,21 @@ class Heartbeat {
   void remove(const std::shared_ptr<Beat>& beat);
 
  private:
+  struct Lost {
+    std::shared_ptr<Beat> beat;
+    const char* why;
+  };
   void run(std::stop_token stop);
-  void mark_lost_locked(Beat& beat, const char* why) REQUIRES(mu_);
+  /// Stops extending `beat` and queues its loss for report_lost().
+  void mark_lost_locked(const std::shared_ptr<Beat>& beat, const char* why) REQUIRES(mu_);
+  /// Requests stop on, and logs, the queued losses with mu_ released.
+  void report_lost(std::unique_lock<std::mutex>& lk) REQUIRES(mu_);
 
   ManagerState& manager_;
   std::mutex mu_;
   std::condition_variable_any cv_;
   std::vector<std::shared_ptr<Beat>> beats_ GUARDED_BY(mu_);
+  std::vector<Lost> lost_ GUARDED_BY(mu_);
   bool changed_ GUARDED_BY(mu_) = false;
   std::jthread thread_;  // started on first add(); last member, so it stops before the others die
 };

@@ -40,6 +40,20 @@ TEST_P(Conformance, ALeaseStopTokenIsRequestedWhenItsTokenNoLongerHoldsTheKey) {
   EXPECT_TRUE(log_.contains(distrlock::LogLevel::warning, "lease lost"));
 }
 
+TEST_P(Conformance, AStopCallbackOnALostLeaseMayUseTheSameManager) {
+  distrlock::Lease lease = manager().acquire(key(), {.ttl = 1s, .extend_every = 100ms});
+  std::optional<distrlock::Lease> fallback;
+  std::atomic<bool> called{false};
+  std::stop_callback on_loss(lease.stop_token(), [&] {
+    fallback.emplace(manager().acquire(key() + "/fallback", {.ttl = 30s}));  // registers with the heartbeat
+    called = true;
+  });
+  session()->steal(lease.token());
+  const auto give_up = Clock::now() + 3s;
+  while (!called && Clock::now() < give_up) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(called.load()) << "the heartbeat must not hold its lock while running stop callbacks";
+}
+
 TEST_P(Conformance, DoExclusivelyHoldsTheKeyForSevenSecondsAndRefusesASecondCallerMeanwhile) {
   std::promise<void> started;
   auto first = std::async(std::launch::async, [&] {

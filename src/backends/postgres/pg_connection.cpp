@@ -62,6 +62,10 @@ ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpCon
     }
   } restore{conn, was_nonblocking};
 
+  if (ctx.stop.stop_requested() || Clock::now() >= ctx.deadline) {  // known outcome: nothing was sent
+    fail(ec, ctx.stop.stop_requested() ? errc::cancelled : errc::timeout, "the deadline passed before sending");
+    return nullptr;
+  }
   if (send(conn) == 0) {
     state.broken = PQstatus(conn) != CONNECTION_OK;
     fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn)));
