@@ -157,6 +157,9 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
     }
     st = PQconnectPoll(conn.get());
   }
+  // Server notices (e.g. "relation already exists, skipping" from an idempotent migrate) are not errors
+  // and must not reach the application's stderr through libpq's default processor.
+  PQsetNoticeProcessor(conn.get(), [](void*, const char*) {}, nullptr);
   return conn;
 }
 
