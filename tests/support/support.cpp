@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <random>
 
 namespace dltest {
@@ -12,7 +13,7 @@ namespace {
 std::vector<BackendUnderTest> make_backends() {
   std::vector<BackendUnderTest> all;
   all.push_back(postgres_backend_under_test());
-#ifdef DISTRLOCK_TEST_SQLITE_READY
+#ifdef DISTRLOCK_TEST_SQLITE
   all.push_back(sqlite_backend_under_test());
 #endif
 #ifdef DISTRLOCK_TEST_MYSQL_READY
@@ -55,8 +56,34 @@ std::vector<std::string> server_backend_names() {
   return names;
 }
 
+namespace {
+
+/// An embedded database needs no server: without its variable, a test process gets a fresh file of its own
+/// under $TMPDIR, removed when the process exits. Conformance cases compare Managers within one process only.
+std::string embedded_url(const BackendUnderTest& b) {
+  static const std::string dir = [] {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/distrlock-test-XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) return std::string();
+    static const std::string made = pattern;
+    std::atexit([] {
+      std::error_code ignored;
+      std::filesystem::remove_all(made, ignored);
+    });
+    return pattern;
+  }();
+  if (dir.empty()) {
+    ADD_FAILURE() << "cannot create a temporary directory for the " << b.name << " database";
+    return {};
+  }
+  return b.name + ":" + dir + "/locks.db";
+}
+
+}  // namespace
+
 std::string server_url(const BackendUnderTest& b) {
   const char* v = std::getenv(b.env_var.c_str());
+  if ((v == nullptr || *v == '\0') && b.service.empty()) return embedded_url(b);
   if (v == nullptr || *v == '\0') {
     ADD_FAILURE() << b.env_var << " is not set: start the server with `eval \"$(scripts/services start "
                   << b.service << ")\"` or run scripts/test";
