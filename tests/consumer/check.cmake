@@ -4,7 +4,7 @@
 #
 #   cmake -DBUILD_DIR=<distrlock build dir> -DWORK_DIR=<scratch dir, emptied first> -DSOURCE_DIR=<repo root>
 #         [-DCONFIG=<build type>] [-DCXX=<compiler>] [-DCXX_FLAGS=<flags>] [-DLINKER_FLAGS=<flags>]
-#         [-DGENERATOR=<cmake generator>] [-DBUILD_TARGETS=<target>;...] -P tests/consumer/check.cmake
+#         [-DGENERATOR=<cmake generator>] [-DBUILD_TARGETS=<target>|...] -P tests/consumer/check.cmake
 #
 # BUILD_TARGETS, when given, are built in BUILD_DIR first: every target that has install rules, so that
 # nothing stale or missing is installed.
@@ -60,6 +60,7 @@ endif()
 
 # ---- (a) install ----------------------------------------------------------------------------------------
 if(BUILD_TARGETS)
+  string(REPLACE "|" ";" BUILD_TARGETS "${BUILD_TARGETS}")
   run_step(build-installed-targets COMMAND "${CMAKE_COMMAND}" --build "${BUILD_DIR}" --target ${BUILD_TARGETS}
                                            ${config_args})
 endif()

@@ -1,0 +1,777 @@
+// The `distrlock` tool, run as real processes: exit codes, output, signals and the lock table. Each test runs
+// against the embedded default (no --db: the SQLite file under $XDG_STATE_HOME) and against every server
+// backend in dltest::backend_names(). The "sqlite" entry there is left out because the embedded default is
+// that same backend, reached the way a user reaches it.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "support.hpp"
+
+extern char** environ;
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr int exit_usage = 64;
+constexpr int exit_unavailable = 69;
+constexpr int exit_busy = 75;
+constexpr int exit_not_held = 76;
+constexpr int exit_lease_lost = 77;
+constexpr int exit_config = 78;
+
+struct Result {
+  int exit_code = -1;  // 128+N when the tool itself died of signal N
+  std::string out;
+  std::string err;
+  std::chrono::milliseconds took{0};
+};
+
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+/// Changes to the test's environment for one process: set to a value, or unset (nullopt).
+using EnvChanges = std::vector<std::pair<std::string, std::optional<std::string>>>;
+
+/// One child process with stdout and stderr captured in files and stdin from /dev/null. Killed and reaped on
+/// destruction if it is still running, so a failing test leaves nothing behind.
+class Process {
+ public:
+  Process(const std::vector<std::string>& argv, const EnvChanges& changes, const fs::path& dir) {
+    static int counter = 0;
+    const std::string n = std::to_string(counter++);
+    out_ = dir / ("stdout." + n);
+    err_ = dir / ("stderr." + n);
+
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string entry = *e;
+      bool changed = false;
+      for (const auto& [name, value] : changes) changed = changed || entry.starts_with(name + "=");
+      if (!changed) env.push_back(entry);
+    }
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+      const auto& [name, value] = changes[i];
+      bool overridden = false;  // a later change of the same variable wins
+      for (std::size_t j = i + 1; j < changes.size(); ++j) overridden = overridden || changes[j].first == name;
+      if (value && !overridden) env.push_back(name + "=" + *value);
+    }
+    std::vector<char*> envp;
+    for (std::string& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    std::vector<std::string> args = argv;
+    std::vector<char*> argp;
+    for (std::string& a : args) argp.push_back(a.data());
+    argp.push_back(nullptr);
+
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 2, err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none;
+    sigset_t defaults;
+    sigemptyset(&none);
+    sigemptyset(&defaults);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, SIGPIPE}) sigaddset(&defaults, s);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &defaults);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    started_ = Clock::now();
+    const int rc = posix_spawn(&pid_, argp[0], &actions, &attr, argp.data(), envp.data());
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    if (rc != 0) {
+      ADD_FAILURE() << "posix_spawn " << argv[0] << ": " << std::strerror(rc);
+      pid_ = -1;
+    }
+  }
+  Process(Process&& other) noexcept
+      : pid_(std::exchange(other.pid_, -1)), started_(other.started_), out_(other.out_), err_(other.err_) {}
+  Process& operator=(Process&&) = delete;
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+  ~Process() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  pid_t pid() const { return pid_; }
+  void signal(int signo) const { ::kill(pid_, signo); }
+
+  /// Waits for the exit; after `timeout` the process is killed and the test fails.
+  Result wait(std::chrono::milliseconds timeout = 60s) {
+    Result r;
+    if (pid_ <= 0) return r;
+    int status = 0;
+    while (true) {
+      const pid_t done = ::waitpid(pid_, &status, WNOHANG);
+      if (done == pid_) break;
+      if (Clock::now() - started_ > timeout) {
+        ADD_FAILURE() << "process " << pid_ << " still running after " << timeout.count() << " ms; killed";
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+    pid_ = -1;
+    r.took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.out = read_file(out_);
+    r.err = read_file(err_);
+    return r;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  Clock::time_point started_;
+  fs::path out_;
+  fs::path err_;
+};
+
+::testing::AssertionResult IsOneLine(const std::string& text) {
+  if (text.empty()) return ::testing::AssertionFailure() << "nothing was printed";
+  if (text.back() != '\n' || text.find('\n') != text.size() - 1)
+    return ::testing::AssertionFailure() << "not exactly one line: \"" << text << "\"";
+  return ::testing::AssertionSuccess();
+}
+
+std::string describe(const Result& r) {
+  return "exit " + std::to_string(r.exit_code) + ", stdout: \"" + r.out + "\", stderr: \"" + r.err + "\"";
+}
+
+/// Waits until `path` exists.
+bool wait_for_file(const fs::path& path, std::chrono::milliseconds timeout = 20s) {
+  const auto give_up = Clock::now() + timeout;
+  while (!fs::exists(path)) {
+    if (Clock::now() > give_up) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+/// Waits until process `pid` blocks signal `signo` (its main thread's SigBlk in /proc): `distrlock run` does so
+/// before it opens the database, so from then on the signal is the tool's to handle, not a default death.
+bool wait_until_blocked(pid_t pid, int signo, std::chrono::milliseconds timeout = 20s) {
+  const auto give_up = Clock::now() + timeout;
+  while (Clock::now() < give_up) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.starts_with("SigBlk:") && ((std::stoull(line.substr(7), nullptr, 16) >> (signo - 1)) & 1U) != 0)
+        return true;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  return false;
+}
+
+/// "default" (no --db) and every server backend; see the comment at the top.
+std::vector<std::string> cli_backends() {
+  std::vector<std::string> names = {"default"};
+  for (const std::string& b : dltest::backend_names())
+    if (b != "sqlite") names.push_back(b);
+  return names;
+}
+
+/// A scratch directory, the environment and --db arguments for one database, and helpers to run the tool.
+class ToolFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/distrlock-cli-test.XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern), nullptr);
+    dir_ = pattern;
+    key_ = dltest::unique_key(::testing::UnitTest::GetInstance()->current_test_info()->name());
+    use_database("default");
+  }
+  void TearDown() override {
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+
+  /// "default": no --db, DISTRLOCK_DB unset, $XDG_STATE_HOME and $HOME in the scratch directory.
+  /// Otherwise a backend of dltest::backend_names(), passed as --db URL.
+  void use_database(const std::string& backend) {
+    if (backend == "default") {
+      url_.clear();
+      db_.clear();
+      env_ = {{"DISTRLOCK_DB", std::nullopt},
+              {"XDG_STATE_HOME", (dir_ / "state").string()},
+              {"HOME", (dir_ / "home").string()}};
+    } else {
+      url_ = dltest::server_url(dltest::backend(backend));
+      ASSERT_FALSE(url_.empty());
+      env_ = {{"DISTRLOCK_DB", std::nullopt}};
+      db_ = {"--db", url_};
+    }
+  }
+
+  /// distrlock [--db URL] ARGS...
+  std::vector<std::string> command(const std::vector<std::string>& args) const {
+    std::vector<std::string> argv = {DISTRLOCK_CLI};
+    argv.insert(argv.end(), db_.begin(), db_.end());
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  }
+  Process start(const std::vector<std::string>& args) const { return Process(command(args), env_, dir_); }
+  Result run(const std::vector<std::string>& args, std::chrono::milliseconds timeout = 60s) const {
+    return start(args).wait(timeout);
+  }
+  /// distrlock ARGS... with no --db added.
+  Result run_without_db(const std::vector<std::string>& args, const EnvChanges& extra_env = {}) const {
+    std::vector<std::string> argv = {DISTRLOCK_CLI};
+    argv.insert(argv.end(), args.begin(), args.end());
+    EnvChanges env = env_;
+    env.insert(env.end(), extra_env.begin(), extra_env.end());
+    return Process(argv, env, dir_).wait();
+  }
+  /// sh -c SCRIPT ARGS... with $DL set to the tool and the database chosen through the environment only
+  /// (DISTRLOCK_DB for server backends), as a cron job or a script would. In SCRIPT, ARGS are $0, $1, ...
+  Result shell(const std::string& script, const std::vector<std::string>& args) const {
+    EnvChanges env = env_;
+    env.emplace_back("DL", DISTRLOCK_CLI);
+    if (!url_.empty()) env.emplace_back("DISTRLOCK_DB", url_);
+    std::vector<std::string> argv = {"/bin/sh", "-c", script};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return Process(argv, env, dir_).wait();
+  }
+
+  /// `status --json` of `keys` (every key when empty), parsed; fails the test if it does not parse.
+  Json status(const std::vector<std::string>& keys = {}, const std::vector<std::string>& global = {}) const {
+    std::vector<std::string> args = global;
+    args.emplace_back("status");
+    args.emplace_back("--json");
+    if (!keys.empty()) args.emplace_back("--");
+    args.insert(args.end(), keys.begin(), keys.end());
+    const Result r = run(args);
+    EXPECT_EQ(r.exit_code, 0) << describe(r);
+    try {
+      return Json::parse(r.out);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "status --json does not parse: " << e.what() << "\n" << r.out;
+      return Json::array();
+    }
+  }
+  /// The token of a fresh lease on `key`.
+  std::string acquire(const std::string& key, const std::string& ttl = "30s",
+                      const std::vector<std::string>& global = {}) const {
+    std::vector<std::string> args = global;
+    args.insert(args.end(), {"acquire", "--key", key, "--ttl", ttl});
+    const Result r = run(args);
+    EXPECT_EQ(r.exit_code, 0) << describe(r);
+    return r.out.empty() ? std::string() : r.out.substr(0, r.out.size() - 1);
+  }
+  fs::path file(const std::string& name) const { return dir_ / name; }
+
+  fs::path dir_;
+  std::string url_;  // empty for the embedded default
+  std::vector<std::string> db_;
+  EnvChanges env_;
+  std::string key_;
+};
+
+/// Parametrised by database: "default" or a backend name (see cli_backends()).
+class Cli : public ToolFixture, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override {
+    ToolFixture::SetUp();
+    use_database(GetParam());
+  }
+};
+
+// ---- run ----------------------------------------------------------------------------------------------
+
+TEST_P(Cli, OfTwoConcurrentRunsOnOneKeyOneRunsAndTheOtherExits75NamingTheHolder) {
+  Process holder = start({"run", "--key", key_, "--owner", "holder-of-the-key", "--", "sh", "-c",
+                          "echo > \"$0\"; sleep 30", file("holder-started")});
+  ASSERT_TRUE(wait_for_file(file("holder-started")));
+
+  const Result second = run({"run", "--key", key_, "--", "touch", file("second-ran")});
+  EXPECT_EQ(second.exit_code, exit_busy) << describe(second);
+  EXPECT_TRUE(IsOneLine(second.err));
+  EXPECT_NE(second.err.find(key_), std::string::npos) << second.err;
+  EXPECT_NE(second.err.find("holder-of-the-key"), std::string::npos) << second.err;
+  EXPECT_NE(second.err.find("for another"), std::string::npos) << "how long the lease has left: " << second.err;
+  EXPECT_FALSE(fs::exists(file("second-ran")));
+
+  holder.signal(SIGTERM);
+  EXPECT_EQ(holder.wait().exit_code, 128 + SIGTERM);
+}
+
+TEST_P(Cli, RunWithWaitStartsTheCommandOnceTheHolderIsDone) {
+  Process holder = start({"run", "--key", key_, "--", "sh", "-c", "echo > \"$0\"; sleep 1; echo > \"$1\"",
+                          file("holder-started"), file("holder-done")});
+  ASSERT_TRUE(wait_for_file(file("holder-started")));
+
+  const Result waiter = run({"run", "--key", key_, "--wait", "10s", "--", "sh", "-c",
+                             "test -e \"$0\" && echo ran-after-the-holder", file("holder-done")});
+  EXPECT_EQ(waiter.exit_code, 0) << describe(waiter);
+  EXPECT_EQ(waiter.out, "ran-after-the-holder\n");
+  EXPECT_EQ(holder.wait().exit_code, 0);
+}
+
+TEST_P(Cli, RunExitsWithTheExitStatusOfTheCommand) {
+  const Result r = run({"run", "--key", key_, "--", "sh", "-c", "exit 3"});
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  EXPECT_EQ(r.err, "");
+}
+
+TEST_P(Cli, RunExits128PlusNWhenTheCommandDiesOfSignalN) {
+  const Result r = run({"run", "--key", key_, "--", "sh", "-c", "kill -KILL $$"});
+  EXPECT_EQ(r.exit_code, 128 + SIGKILL) << describe(r);
+}
+
+TEST_P(Cli, SigtermSentToRunReachesTheCommand) {
+  Process tool = start({"run", "--key", key_, "--", "sh", "-c",
+                        "trap 'echo TERM > \"$0\"; exit 42' TERM; echo > \"$1\"; while :; do sleep 0.05; done",
+                        file("got"), file("started")});
+  ASSERT_TRUE(wait_for_file(file("started")));
+  tool.signal(SIGTERM);
+  const Result r = tool.wait();
+  EXPECT_EQ(r.exit_code, 42) << describe(r);
+  EXPECT_EQ(read_file(file("got")), "TERM\n");
+  EXPECT_EQ(status({key_}).at(0).at("state"), "free") << "released after the command exited";
+}
+
+TEST_P(Cli, SigintSentToRunReachesTheCommand) {
+  Process tool = start({"run", "--key", key_, "--", "sh", "-c",
+                        "trap 'echo INT > \"$0\"; exit 43' INT; echo > \"$1\"; while :; do sleep 0.05; done",
+                        file("got"), file("started")});
+  ASSERT_TRUE(wait_for_file(file("started")));
+  tool.signal(SIGINT);
+  const Result r = tool.wait();
+  EXPECT_EQ(r.exit_code, 43) << describe(r);
+  EXPECT_EQ(read_file(file("got")), "INT\n");
+}
+
+TEST_P(Cli, LosingTheLeaseSignalsTheCommandAndExits77) {
+  // The heartbeat comes every 10 s, the lease lasts 1 s: it nears expiry unextended after 0.8 s.
+  const Result r = run({"run", "--key", key_, "--ttl", "1s", "--extend-every", "10s", "--", "sh", "-c",
+                        "trap 'echo TERM > \"$0\"; exit 0' TERM; while :; do sleep 0.05; done", file("got")},
+                       30s);
+  EXPECT_EQ(r.exit_code, exit_lease_lost) << describe(r);
+  EXPECT_EQ(read_file(file("got")), "TERM\n");
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("lost the lease"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(key_), std::string::npos) << r.err;
+  EXPECT_LT(r.took, 8s);
+}
+
+TEST_P(Cli, ACommandThatIgnoresSigtermAfterLeaseLossIsKilledAfterTheGrace) {
+  const Result r = run({"run", "--key", key_, "--ttl", "1s", "--extend-every", "10s", "--kill-after", "300ms", "--",
+                        "sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"},
+                       30s);
+  EXPECT_EQ(r.exit_code, exit_lease_lost) << describe(r);
+  EXPECT_NE(r.err.find("SIGKILL"), std::string::npos) << r.err;
+  EXPECT_LT(r.took, 8s);
+}
+
+TEST_P(Cli, TheCommandSeesTheKeyTokenAndFencingTokenInItsEnvironment) {
+  const std::string print = "printf '%s\\n%s\\n%s\\n' \"$DISTRLOCK_KEY\" \"$DISTRLOCK_TOKEN\" \"$DISTRLOCK_FENCE\"";
+  const Result first = run({"run", "--key", key_, "--", "sh", "-c", print});
+  const Result second = run({"run", "--key", key_, "--", "sh", "-c", print});
+  ASSERT_EQ(first.exit_code, 0) << describe(first);
+  ASSERT_EQ(second.exit_code, 0) << describe(second);
+  std::istringstream a(first.out);
+  std::istringstream b(second.out);
+  std::string key1, token1, fence1, key2, token2, fence2;
+  std::getline(a, key1), std::getline(a, token1), std::getline(a, fence1);
+  std::getline(b, key2), std::getline(b, token2), std::getline(b, fence2);
+  EXPECT_EQ(key1, key_);
+  EXPECT_EQ(token1.size(), 36U) << token1;
+  EXPECT_NE(token1, token2);
+  EXPECT_GT(std::stoll(fence1), 0);
+  EXPECT_GT(std::stoll(fence2), std::stoll(fence1));
+  const Json st = status({key_});
+  EXPECT_EQ(st.at(0).at("fence").get<long long>(), std::stoll(fence2));
+}
+
+TEST_P(Cli, ConflictExitCodeReplaces75WhenTheKeyIsBusy) {
+  ASSERT_FALSE(acquire(key_).empty());
+  const Result r = run({"run", "--key", key_, "--conflict-exit-code", "0", "--", "touch", file("ran")});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_FALSE(fs::exists(file("ran")));
+}
+
+TEST_P(Cli, RunWithWaitGivesUpWith75WhenTheHolderStays) {
+  ASSERT_FALSE(acquire(key_).empty());
+  const Result r = run({"run", "--key", key_, "--wait", "300ms", "--", "touch", file("ran")});
+  EXPECT_EQ(r.exit_code, exit_busy) << describe(r);
+  EXPECT_NE(r.err.find("after waiting"), std::string::npos) << r.err;
+  EXPECT_GE(r.took, 300ms);
+  EXPECT_FALSE(fs::exists(file("ran")));
+}
+
+TEST_P(Cli, SigintWhileRunWaitsForTheKeyStopsTheWait) {
+  ASSERT_FALSE(acquire(key_).empty());
+  Process waiter = start({"run", "--key", key_, "--wait", "60s", "--", "touch", file("ran")});
+  ASSERT_TRUE(wait_until_blocked(waiter.pid(), SIGINT));
+  std::this_thread::sleep_for(100ms);  // into the wait
+  waiter.signal(SIGINT);
+  const Result r = waiter.wait(20s);
+  EXPECT_EQ(r.exit_code, 128 + SIGINT) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_FALSE(fs::exists(file("ran")));
+}
+
+TEST_P(Cli, ACommandThatDoesNotExistExits127AndFreesTheKey) {
+  const Result r = run({"run", "--key", key_, "--", "distrlock-test-no-such-command"});
+  EXPECT_EQ(r.exit_code, 127) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_EQ(status({key_}).at(0).at("state"), "free");
+}
+
+// ---- acquire, extend, release -----------------------------------------------------------------------
+
+TEST_P(Cli, AcquireExtendAndReleaseWorkFromAShellScript) {
+  const Result script = shell(
+      "set -e\n"
+      "token=$(\"$DL\" acquire --key \"$1\" --ttl 5s)\n"
+      "\"$DL\" extend --key \"$1\" --token \"$token\" --ttl 60s\n"
+      "\"$DL\" status --json \"$1\" > \"$0\"\n"
+      "\"$DL\" release --key \"$1\" --token \"$token\"\n"
+      "echo done\n",
+      {file("held.json").string(), key_});
+  ASSERT_EQ(script.exit_code, 0) << describe(script);
+  EXPECT_EQ(script.out, "done\n");
+  const Json held = Json::parse(read_file(file("held.json")));
+  EXPECT_EQ(held.at(0).at("state"), "held");
+  EXPECT_GT(held.at(0).at("expires_in_ms").get<long long>(), 5000) << "extended to 60 s";
+  EXPECT_EQ(status({key_}).at(0).at("state"), "free");
+}
+
+TEST_P(Cli, ReleaseWithAWrongTokenExits76AndLeavesTheLeaseAlone) {
+  const std::string token = acquire(key_);
+  const Result r = run({"release", "--key", key_, "--token", "not-the-token"});
+  EXPECT_EQ(r.exit_code, exit_not_held) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find(key_), std::string::npos) << r.err;
+  EXPECT_EQ(status({key_}).at(0).at("state"), "held");
+  EXPECT_EQ(run({"release", "--key", key_, "--token", token}).exit_code, 0);
+}
+
+TEST_P(Cli, ReleaseWithAnOldTokenExits76AfterTheKeyWasTakenOver) {
+  const std::string old_token = acquire(key_, "200ms");
+  std::this_thread::sleep_for(400ms);
+  const std::string new_token = acquire(key_);
+  ASSERT_NE(old_token, new_token);
+  const Result r = run({"release", "--key", key_, "--token", old_token});
+  EXPECT_EQ(r.exit_code, exit_not_held) << describe(r);
+  EXPECT_EQ(status({key_}).at(0).at("state"), "held");
+}
+
+TEST_P(Cli, ReleaseTwiceExits76TheSecondTime) {
+  const std::string token = acquire(key_);
+  EXPECT_EQ(run({"release", "--key", key_, "--token", token}).exit_code, 0);
+  const Result again = run({"release", "--key", key_, "--token", token});
+  EXPECT_EQ(again.exit_code, exit_not_held) << describe(again);
+}
+
+TEST_P(Cli, ExtendWithATokenThatNoLongerHoldsTheKeyExits76) {
+  const std::string token = acquire(key_);
+  ASSERT_EQ(run({"release", "--key", key_, "--token", token}).exit_code, 0);
+  const Result r = run({"extend", "--key", key_, "--token", token});
+  EXPECT_EQ(r.exit_code, exit_not_held) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+}
+
+TEST_P(Cli, AcquireJsonPrintsKeyTokenFenceAndTimeLeft) {
+  const Result r = run({"acquire", "--key", key_, "--ttl", "20s", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  const Json j = Json::parse(r.out);
+  EXPECT_EQ(j.at("key"), key_);
+  EXPECT_EQ(j.at("token").get<std::string>().size(), 36U);
+  EXPECT_GT(j.at("fence").get<long long>(), 0);
+  EXPECT_GT(j.at("expires_in_ms").get<long long>(), 15000);
+  EXPECT_LE(j.at("expires_in_ms").get<long long>(), 20000);
+}
+
+TEST_P(Cli, AcquireWithAStaticTokenReacquiresItsKeyAndOthersFindItBusy) {
+  const Result first = run({"acquire", "--key", key_, "--token", "static-token", "--json"});
+  const Result again = run({"acquire", "--key", key_, "--token", "static-token", "--json"});
+  ASSERT_EQ(first.exit_code, 0) << describe(first);
+  ASSERT_EQ(again.exit_code, 0) << describe(again);
+  EXPECT_EQ(Json::parse(first.out).at("token"), "static-token");
+  EXPECT_GT(Json::parse(again.out).at("fence").get<long long>(), Json::parse(first.out).at("fence").get<long long>());
+  const Result other = run({"acquire", "--key", key_});
+  EXPECT_EQ(other.exit_code, exit_busy) << describe(other);
+  EXPECT_TRUE(IsOneLine(other.err));
+}
+
+// ---- status -------------------------------------------------------------------------------------------
+
+TEST_P(Cli, StatusShowsAHeldLockWithItsOwner) {
+  Process holder = start({"run", "--key", key_, "--owner", "nightly-report@host7", "--", "sh", "-c",
+                          "echo > \"$0\"; sleep 30", file("started")});
+  ASSERT_TRUE(wait_for_file(file("started")));
+  const Result r = run({"status", key_});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_NE(r.out.find("KEY"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(key_), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("held"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("nightly-report@host7"), std::string::npos) << r.out;
+  holder.signal(SIGTERM);
+  holder.wait();
+}
+
+TEST_P(Cli, StatusJsonIsAnArrayWithKeyStateOwnerFenceAndTimeLeft) {
+  const std::string free_key = key_ + "/never-locked";
+  ASSERT_FALSE(acquire(key_).empty());
+  const Json j = status({key_, free_key});
+  ASSERT_TRUE(j.is_array());
+  ASSERT_EQ(j.size(), 2U) << j.dump();
+  EXPECT_EQ(j[0].at("key"), key_);
+  EXPECT_EQ(j[0].at("state"), "held");
+  EXPECT_TRUE(j[0].at("owner").is_string());
+  EXPECT_FALSE(j[0].at("owner").get<std::string>().empty());
+  EXPECT_GT(j[0].at("fence").get<long long>(), 0);
+  EXPECT_GT(j[0].at("expires_in_ms").get<long long>(), 0);
+  EXPECT_EQ(j[1].at("key"), free_key);
+  EXPECT_EQ(j[1].at("state"), "free");
+  EXPECT_EQ(j[1].at("fence").get<long long>(), 0);
+  EXPECT_EQ(j[1].at("expires_in_ms").get<long long>(), 0);
+}
+
+TEST_P(Cli, StatusEscapesBinaryKeys) {
+  const std::string key = key_ + "/\x01\xff\x1b[31m";
+  ASSERT_FALSE(acquire(key).empty());
+  const Result table = run({"status", key});
+  EXPECT_EQ(table.exit_code, 0) << describe(table);
+  EXPECT_NE(table.out.find("\\x01\\xff\\x1b[31m"), std::string::npos) << table.out;
+  EXPECT_EQ(table.out.find('\x1b'), std::string::npos) << "no raw escape sequence reaches the terminal";
+  const Json j = status({key});
+  EXPECT_EQ(j.at(0).at("state"), "held");
+  EXPECT_TRUE(j.at(0).contains("key_hex")) << j.dump();
+}
+
+// ---- bad input ----------------------------------------------------------------------------------------
+
+struct BadInput {
+  std::string name;
+  std::function<std::vector<std::string>(const std::string& key, const std::string& table)> args;
+  std::string problem;  // a piece of the one-line message
+  bool replaces_db = false;
+};
+
+std::vector<BadInput> make_bad_inputs() {
+  auto run_with = [](std::vector<std::string> extra) {
+    return [extra](const std::string& key, const std::string& table) {
+      std::vector<std::string> a = {"--table", table, "run", "--key", key};
+      a.insert(a.end(), extra.begin(), extra.end());
+      return a;
+    };
+  };
+  return {
+      {"EmptyKey",
+       [](const std::string&, const std::string& table) {
+         return std::vector<std::string>{"--table", table, "run", "--key", "", "--", "true"};
+       },
+       "key is empty"},
+      {"KeyOf256Bytes",
+       [](const std::string&, const std::string& table) {
+         return std::vector<std::string>{"--table", table, "run", "--key", std::string(256, 'k'), "--", "true"};
+       },
+       "256 bytes"},
+      {"TtlZero", run_with({"--ttl", "0", "--", "true"}), "--ttl \"0\" must be greater than 0"},
+      {"TtlAbc", run_with({"--ttl", "abc", "--", "true"}), "--ttl \"abc\" is not a duration"},
+      {"TtlNegative", run_with({"--ttl", "-5s", "--", "true"}), "--ttl \"-5s\" is negative"},
+      {"UnknownCommand",
+       [](const std::string& key, const std::string& table) {
+         return std::vector<std::string>{"--table", table, "frobnicate", "--key", key};
+       },
+       "unknown command \"frobnicate\""},
+      {"MissingSeparator", run_with({"true"}), "missing \"--\""},
+      {"MissingCommand", run_with({"--"}), "missing the command"},
+      {"UnknownUrlScheme",
+       [](const std::string& key, const std::string& table) {
+         return std::vector<std::string>{"--db", "redis-ish://u:pw@host/0", "--table", table, "run", "--key", key, "--",
+                                         "true"};
+       },
+       "unknown database URL scheme", true},
+      {"TableNameWithAQuote",
+       [](const std::string& key, const std::string&) {
+         return std::vector<std::string>{"--table", "locks\"; DROP TABLE x; --", "run", "--key", key, "--", "true"};
+       },
+       "table name"},
+  };
+}
+
+const std::vector<BadInput>& bad_inputs() {
+  static const std::vector<BadInput> all = make_bad_inputs();
+  return all;
+}
+
+/// Parametrised by "database:case", case an index into bad_inputs().
+class CliBadInput : public ToolFixture, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override {
+    ToolFixture::SetUp();
+    use_database(GetParam().substr(0, GetParam().find(':')));
+  }
+  const BadInput& bad() const {
+    return bad_inputs().at(static_cast<std::size_t>(std::stoi(GetParam().substr(GetParam().find(':') + 1))));
+  }
+};
+
+TEST_P(CliBadInput, Exits64WithOneLineNamingTheProblemAndChangesNothing) {
+  const BadInput& bad = this->bad();
+  // A table with one held lease, to compare before and after.
+  const std::string table = dltest::unique_table();
+  ASSERT_FALSE(acquire(key_, "60s", {"--table", table}).empty());
+  const Json before = status({}, {"--table", table});
+
+  const std::string new_key = key_ + "/new";
+  std::vector<std::string> args = bad.args(new_key, table);
+  const Result r = bad.replaces_db ? run_without_db(args) : run(args);
+  EXPECT_EQ(r.exit_code, exit_usage) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find(bad.problem), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("pw@"), std::string::npos) << "password masked: " << r.err;
+
+  const Json after = status({}, {"--table", table});
+  ASSERT_EQ(after.size(), before.size()) << after.dump();
+  for (std::size_t i = 0; i < before.size(); ++i) {
+    for (const char* field : {"key", "state", "owner", "fence"})
+      EXPECT_EQ(after[i].at(field), before[i].at(field)) << field << " of " << before[i].dump();
+  }
+}
+
+std::vector<std::string> bad_input_params() {
+  std::vector<std::string> out;
+  for (const std::string& b : cli_backends())
+    for (std::size_t i = 0; i < bad_inputs().size(); ++i) out.push_back(b + ":" + std::to_string(i));
+  return out;
+}
+
+// ---- tables, databases, connections -------------------------------------------------------------------
+
+TEST_P(Cli, TenProcessesStartingAtOnceCreateTheTableRaceSafely) {
+  const std::string table = dltest::unique_table();
+  std::vector<Process> tools;
+  for (int i = 0; i < 10; ++i)
+    tools.push_back(start({"--table", table, "run", "--key", key_ + "/" + std::to_string(i), "--", "true"}));
+  for (Process& p : tools) {
+    const Result r = p.wait();
+    EXPECT_EQ(r.exit_code, 0) << describe(r);
+  }
+  const Json all = status({}, {"--table", table});
+  EXPECT_EQ(all.size(), 10U) << all.dump();
+}
+
+TEST_P(Cli, NoMigrateOnAMissingTableExits78AndCreatesNothing) {
+  const std::string table = dltest::unique_table();
+  const Result r = run({"--table", table, "--no-migrate", "run", "--key", key_, "--", "touch", file("ran")});
+  EXPECT_EQ(r.exit_code, exit_config) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(file("ran")));
+  const Result again = run({"--table", table, "--no-migrate", "status"});
+  EXPECT_EQ(again.exit_code, exit_config) << describe(again);
+}
+
+TEST_P(Cli, MigrateUpCreatesTheTableAndDownDropsIt) {
+  const std::string table = dltest::unique_table();
+  const Result up = run({"--table", table, "migrate"});
+  EXPECT_EQ(up.exit_code, 0) << describe(up);
+  EXPECT_EQ(run({"--table", table, "--no-migrate", "status"}).exit_code, 0);
+  const Result down = run({"--table", table, "migrate", "down"});
+  EXPECT_EQ(down.exit_code, 0) << describe(down);
+  EXPECT_EQ(run({"--table", table, "--no-migrate", "status"}).exit_code, exit_config);
+}
+
+TEST_P(Cli, HelpExitsZeroAndListsTheCommands) {
+  const Result r = run({"--help"});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  for (const char* c : {"run", "acquire", "extend", "release", "status", "migrate"})
+    EXPECT_NE(r.out.find(c), std::string::npos) << c;
+}
+
+// ---- not per backend ----------------------------------------------------------------------------------
+
+using CliAlone = ToolFixture;
+
+TEST_F(CliAlone, AnUnreachablePostgresExits69WithinTheConnectTimeoutAndMasksThePassword) {
+  const Result r = run_without_db(
+      {"--db", "postgresql://u:secret@127.0.0.1:1/db", "run", "--key", key_, "--", "touch", file("ran")});
+  EXPECT_EQ(r.exit_code, exit_unavailable) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_EQ(r.err.find("secret"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("postgresql://u:***@127.0.0.1:1/db"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(key_), std::string::npos) << r.err;
+  EXPECT_LT(r.took, 15s) << "the connect timeout is 5 s";
+  EXPECT_FALSE(fs::exists(file("ran")));
+}
+
+TEST_F(CliAlone, TheDefaultDatabaseIsCreatedUnderXdgStateHome) {
+  const fs::path state = dir_ / "not" / "there" / "yet";
+  const Result r = run_without_db({"run", "--key", key_, "--", "true"}, {{"XDG_STATE_HOME", state.string()}});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(fs::exists(state / "distrlock" / "locks.db"));
+}
+
+TEST_F(CliAlone, WithoutXdgStateHomeTheDefaultDatabaseIsUnderHome) {
+  const Result r = run_without_db({"run", "--key", key_, "--", "true"}, {{"XDG_STATE_HOME", std::nullopt}});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(fs::exists(dir_ / "home" / ".local" / "state" / "distrlock" / "locks.db"));
+}
+
+TEST_F(CliAlone, DistrlockDbChoosesTheDatabaseAndDbOverridesIt) {
+  const fs::path from_env = dir_ / "from-env.db";
+  const fs::path from_flag = dir_ / "from-flag.db";
+  const EnvChanges env = {{"DISTRLOCK_DB", "sqlite:" + from_env.string()}};
+  EXPECT_EQ(run_without_db({"run", "--key", key_, "--", "true"}, env).exit_code, 0);
+  EXPECT_TRUE(fs::exists(from_env));
+  EXPECT_EQ(run_without_db({"--db", "sqlite:" + from_flag.string(), "status"}, env).exit_code, 0);
+  EXPECT_TRUE(fs::exists(from_flag));
+  EXPECT_FALSE(fs::exists(dir_ / "state" / "distrlock" / "locks.db")) << "the default was not used";
+}
+
+#ifdef DISTRLOCK_CLI_SPLIT
+// Loading libpq and its ~20 dependencies costs milliseconds per process: the embedded default must not pay it
+// (tools/distrlock/CMakeLists.txt).
+TEST_F(CliAlone, TheEmbeddedDefaultLoadsNoServerClientLibrary) {
+  const Result r = run_without_db({"run", "--key", key_, "--", "sh", "-c", "cat /proc/$PPID/maps"});
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_NE(r.out.find("libsqlite3"), std::string::npos);
+  EXPECT_EQ(r.out.find("libpq"), std::string::npos);
+  EXPECT_EQ(r.out.find("libmariadb"), std::string::npos);
+}
+#endif
+
+std::string backend_name(const ::testing::TestParamInfo<std::string>& param) { return param.param; }
+std::string bad_input_name(const ::testing::TestParamInfo<std::string>& param) {
+  const std::string& p = param.param;
+  return p.substr(0, p.find(':')) + "_" +
+         bad_inputs().at(static_cast<std::size_t>(std::stoi(p.substr(p.find(':') + 1)))).name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Cli, ::testing::ValuesIn(cli_backends()), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, CliBadInput, ::testing::ValuesIn(bad_input_params()), bad_input_name);
+
+}  // namespace
