@@ -239,6 +239,16 @@ TEST_F(Postgres, MigrationsAreVersionedUpAndDownSqlForTheConfiguredTable) {
   EXPECT_EQ(admin_->query("SELECT to_regclass('ops.my_locks') IS NULL"), "t");
 }
 
+TEST_F(Postgres, AReleaseInsideACallerTransactionLeavesItsCommitSynchronous) {
+  admin_->query("BEGIN");
+  distrlock::Lock lock = manager_->lock(key_);
+  ASSERT_TRUE(lock.try_acquire(30s, Call{.connection = admin_->native()}));
+  lock.release(Call{.connection = admin_->native()});
+  EXPECT_EQ(admin_->query("SHOW synchronous_commit"), "on")
+      << "the caller's transaction must commit as durably as the caller asked";
+  admin_->query("COMMIT");
+}
+
 TEST_F(Postgres, MigrateDownDropsTheTableAndMigrateRecreatesIt) {
   distrlock::Options o;
   o.table = unique_table();

@@ -65,19 +65,28 @@ class PostgresBackend final : public Backend {
     sql_[extend_stmt] = "UPDATE " + table_ + " SET expires = clock_timestamp() + " + ttl +
                         " WHERE key = $1 AND token = $2 AND expires > clock_timestamp() RETURNING " +
                         millis_left("expires");
-    sql_[release_stmt] = "UPDATE " + table_ +
-                         " SET token = NULL, owner = NULL, expires = clock_timestamp() WHERE key = $1 AND token = $2 "
-                         "AND expires > clock_timestamp() RETURNING fence";
+    const std::string release_set = " SET token = NULL, owner = NULL, expires = clock_timestamp()";
+    const std::string release_where = " WHERE key = $1 AND token = $2 AND expires > clock_timestamp() RETURNING fence";
+    sql_[release_stmt] = "UPDATE " + table_ + release_set + release_where;
     sql_[extend_many_stmt] =
         "UPDATE " + table_ + " AS l SET expires = clock_timestamp() + v.ttl * interval '1 millisecond' " +
         "FROM unnest($1::text[], $2::text[], $3::float8[]) AS v(k, t, ttl) WHERE l.key = decode(v.k, 'hex') " +
         "AND l.token = decode(v.t, 'hex') AND l.expires > clock_timestamp() RETURNING encode(l.key, 'hex'), " +
         "encode(l.token, 'hex'), " + millis_left("l.expires");
+    // On the library's own connections a release commits without waiting for its WAL flush
+    // (synchronous_commit off for this one implicit transaction only). That is safe in the one direction that
+    // matters: a release lost in a server crash leaves the key held until its TTL runs out, and can never let
+    // two holders in. Grants and extensions stay synchronous: losing one of those could. A caller's
+    // connection keeps the plain statement, since the setting would cover the caller's whole transaction.
+    const std::string pooled_release = "UPDATE " + table_ + release_set +
+        " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed" + release_where;
     // $1 NULL lists every key.
     sql_[inspect_stmt] = "SELECT encode(key, 'hex'), token IS NOT NULL AND expires > clock_timestamp(), "
                          "coalesce(owner, ''), fence, greatest(0, " + millis_left("expires") + ") FROM " + table_ +
                          " WHERE $1::text[] IS NULL OR key IN (SELECT decode(k, 'hex') FROM unnest($1::text[]) k) "
                          "ORDER BY key";
+    pool_sql_ = sql_;
+    pool_sql_[release_stmt] = pooled_release;
   }
 
   std::string_view name() const noexcept override { return "postgres"; }
@@ -283,9 +292,10 @@ class PostgresBackend final : public Backend {
           conn, [&](PGconn* c) { return PQsendQueryParams(c, sql.c_str(), n, types[id], values, lengths, formats, 0); },
           ctx, ec, st);
     }
+    const std::string& pooled = pool_sql_[id];
     return on_pool(ctx, ec, [&](pg::Connection& c, RunState& st) -> ResultPtr {
       if (!c.prepared[id]) {
-        pg::run(c.conn.get(), [&](PGconn* pc) { return PQsendPrepare(pc, stmt_names[id], sql.c_str(), n, types[id]); },
+        pg::run(c.conn.get(), [&](PGconn* pc) { return PQsendPrepare(pc, stmt_names[id], pooled.c_str(), n, types[id]); },
                 ctx, ec, st);
         if (ec) return nullptr;
         c.prepared[id] = true;
@@ -299,7 +309,8 @@ class PostgresBackend final : public Backend {
 
   const std::vector<std::string> table_parts_;
   const std::string table_;
-  std::array<std::string, stmt_count> sql_;
+  std::array<std::string, stmt_count> sql_;       // on a caller's connection
+  std::array<std::string, stmt_count> pool_sql_;  // on the library's own connections
   pg::Pool pool_;
 };
 
