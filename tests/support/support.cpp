@@ -16,7 +16,7 @@ std::vector<BackendUnderTest> make_backends() {
 #ifdef DISTRLOCK_TEST_SQLITE
   all.push_back(sqlite_backend_under_test());
 #endif
-#ifdef DISTRLOCK_TEST_MYSQL_READY
+#ifdef DISTRLOCK_TEST_MYSQL
   all.push_back(mysql_backend_under_test());
 #endif
   return all;

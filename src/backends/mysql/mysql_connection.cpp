@@ -1,0 +1,529 @@
+#include "backends/mysql/mysql_connection.hpp"
+
+#include <errmsg.h>
+#include <mysqld_error.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <mutex>
+
+#include "core/state.hpp"
+#include "core/util.hpp"
+
+namespace distrlock::detail::mysql {
+namespace {
+
+// How long to wait for a statement to end after KILL QUERY before giving the connection up; also the connect,
+// read and write timeout of the connection that sends the KILL.
+constexpr milliseconds kill_grace{2000};
+// Without a stop_token to watch, poll sleeps until the deadline; with one, it wakes this often to look.
+constexpr milliseconds stop_poll_slice{20};
+
+// Error numbers that MariaDB's headers lack (MySQL 8 only), spelled out where they are mapped.
+constexpr unsigned int mysql8_query_timeout = 3024;               // ER_QUERY_TIMEOUT (MAX_EXECUTION_TIME)
+constexpr unsigned int mysql8_check_constraint_violated = 3819;   // ER_CHECK_CONSTRAINT_VIOLATED
+constexpr unsigned int mysql8_lock_nowait = 3572;                 // ER_LOCK_NOWAIT
+constexpr unsigned int mysql8_client_interaction_timeout = 4031;  // ER_CLIENT_INTERACTION_TIMEOUT
+
+/// Client-side (Connector/C) errors: the connection's state is unknown afterwards, so it is not reused.
+bool is_client_error(unsigned int code) {
+  return (code >= CR_MIN_ERROR && code < 3000) || (code >= 5000 && code < 6000);
+}
+
+/// Server errors after which the server has closed (or is closing) the connection.
+bool closes_connection(unsigned int code) {
+  return code == ER_CONNECTION_KILLED || code == ER_SERVER_SHUTDOWN || code == ER_ABORTING_CONNECTION ||
+         code == ER_NEW_ABORTING_CONNECTION || code == mysql8_client_interaction_timeout;
+}
+
+std::string describe_error(MYSQL* conn) {
+  const unsigned int code = mysql_errno(conn);
+  std::string s = std::to_string(code);
+  const char* state = mysql_sqlstate(conn);
+  if (state != nullptr && *state != '\0' && std::string_view(state) != "00000") s += " (" + std::string(state) + ")";
+  const char* message = mysql_error(conn);
+  if (message != nullptr && *message != '\0') s += " " + std::string(message);
+  std::replace(s.begin(), s.end(), '\n', ' ');
+  return s;
+}
+
+int poll_ms(Clock::time_point until, bool slice) {
+  auto left = std::chrono::ceil<milliseconds>(until - Clock::now());
+  if (slice) left = std::min(left, stop_poll_slice);
+  return static_cast<int>(std::clamp<milliseconds::rep>(left.count(), 0, 60'000));
+}
+
+unsigned int whole_seconds(milliseconds d) {
+  return static_cast<unsigned int>(std::max<milliseconds::rep>(1, (d.count() + 999) / 1000));
+}
+
+const char* or_null(const std::string& s) { return s.empty() ? nullptr : s.c_str(); }
+
+/// mysql_init() initialises Connector/C on first use, which is not thread-safe: do it once, first.
+MYSQL* new_handle() {
+  static std::once_flag initialised;
+  std::call_once(initialised, [] { mysql_library_init(0, nullptr, nullptr); });
+  return mysql_init(nullptr);
+}
+
+/// Stops the statement running on connection `thread_id` from a connection of its own, as PQcancel does for
+/// PostgreSQL. Blocking, bounded by kill_grace per step. Returns an empty string or why it failed.
+std::string kill_query(const Endpoint& ep, unsigned long thread_id) {
+  ConnPtr killer(new_handle());
+  if (!killer) return "out of memory";
+  const unsigned int secs = whole_seconds(kill_grace);
+  mysql_options(killer.get(), MYSQL_OPT_CONNECT_TIMEOUT, &secs);
+  mysql_options(killer.get(), MYSQL_OPT_READ_TIMEOUT, &secs);
+  mysql_options(killer.get(), MYSQL_OPT_WRITE_TIMEOUT, &secs);
+  if (mysql_real_connect(killer.get(), or_null(ep.host), ep.user.c_str(), ep.password.c_str(), nullptr, ep.port,
+                         or_null(ep.socket), 0) == nullptr)
+    return describe_error(killer.get());
+  const std::string sql = "KILL QUERY " + std::to_string(thread_id);
+  if (mysql_real_query(killer.get(), sql.data(), sql.size()) != 0) return describe_error(killer.get());
+  return {};
+}
+
+/// Runs Connector/C non-blocking calls to completion while watching the deadline and the stop token. When
+/// either comes and `may_kill`, it sends KILL QUERY and waits a grace period for the statement to end; when
+/// that passes too (or at once, if !may_kill), it shuts the socket down so the call ends with an error.
+class Driver {
+ public:
+  Driver(MYSQL* conn, const Endpoint& ep, const OpContext& ctx, bool may_kill)
+      : conn_(conn), ep_(ep), ctx_(ctx), may_kill_(may_kill), thread_id_(mysql_thread_id(conn)) {}
+
+  /// `start()` and `cont(events)` return Connector/C's wait status (0: done). Returns false when the call had
+  /// to be abandoned (the socket is shut down, the connection is unusable).
+  template <class Start, class Cont>
+  bool complete(Start&& start, Cont&& cont) {
+    int status = start();
+    while (status != 0) {
+      const int events = wait(status);
+      if (events < 0) {
+        abandon(status, cont);
+        return false;
+      }
+      status = cont(events);
+    }
+    return true;
+  }
+
+  bool stopping() const noexcept { return stopping_; }
+  errc reason() const noexcept { return reason_; }
+  const std::string& kill_failure() const noexcept { return kill_failure_; }
+
+ private:
+  /// Waits for what Connector/C asked for; returns the events to pass on, or -1 to give up.
+  int wait(int status) {
+    const int fd = mysql_get_socket(conn_);
+    const Clock::time_point lib_until = (status & MYSQL_WAIT_TIMEOUT) != 0
+                                            ? Clock::now() + milliseconds{mysql_get_timeout_value_ms(conn_)}
+                                            : Clock::time_point::max();
+    while (true) {
+      Clock::time_point now = Clock::now();
+      if (!stopping_ && (ctx_.stop.stop_requested() || now >= ctx_.deadline)) {
+        stopping_ = true;
+        reason_ = ctx_.stop.stop_requested() ? errc::cancelled : errc::timeout;
+        if (!may_kill_) return -1;
+        kill_failure_ = kill_query(ep_, thread_id_);
+        now = Clock::now();
+        give_up_ = now + kill_grace;
+      }
+      if (stopping_ && now >= give_up_) return -1;
+      if (now >= lib_until) return MYSQL_WAIT_TIMEOUT;
+      const Clock::time_point until = std::min(stopping_ ? give_up_ : ctx_.deadline, lib_until);
+      pollfd p{fd, 0, 0};
+      if ((status & MYSQL_WAIT_READ) != 0) p.events |= POLLIN;
+      if ((status & MYSQL_WAIT_WRITE) != 0) p.events |= POLLOUT;
+      if ((status & MYSQL_WAIT_EXCEPT) != 0) p.events |= POLLPRI;
+      const int n = ::poll(&p, 1, poll_ms(until, !stopping_ && ctx_.stop.stop_possible()));
+      if (n < 0 && errno != EINTR) return status & (MYSQL_WAIT_READ | MYSQL_WAIT_WRITE);  // let it see the error
+      if (n > 0) {
+        int events = 0;
+        if ((p.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) != 0) events |= MYSQL_WAIT_READ;
+        if ((p.revents & (POLLOUT | POLLHUP | POLLERR | POLLNVAL)) != 0) events |= MYSQL_WAIT_WRITE;
+        if ((p.revents & POLLPRI) != 0) events |= MYSQL_WAIT_EXCEPT;
+        return events & (status | MYSQL_WAIT_EXCEPT);
+      }
+    }
+  }
+
+  /// Ends a suspended call: with the socket shut down, every read and write fails at once.
+  template <class Cont>
+  void abandon(int status, Cont&& cont) {
+    const int fd = mysql_get_socket(conn_);
+    if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+    for (int i = 0; i < 1000 && status != 0; ++i)
+      status = cont(MYSQL_WAIT_READ | MYSQL_WAIT_WRITE | MYSQL_WAIT_TIMEOUT);
+  }
+
+  MYSQL* const conn_;
+  const Endpoint& ep_;
+  const OpContext& ctx_;
+  const bool may_kill_;
+  const unsigned long thread_id_;
+  bool stopping_ = false;
+  errc reason_ = errc::timeout;
+  Clock::time_point give_up_{};
+  std::string kill_failure_;
+};
+
+std::string percent_decode(std::string_view s, bool& ok) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out.push_back(s[i]);
+      continue;
+    }
+    unsigned int v = 0;
+    if (i + 2 >= s.size()) {
+      ok = false;
+      return {};
+    }
+    const auto [end, err] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
+    if (err != std::errc() || end != s.data() + i + 3) {
+      ok = false;
+      return {};
+    }
+    out.push_back(static_cast<char>(v));
+    i += 2;
+  }
+  return out;
+}
+
+}  // namespace
+
+Endpoint parse_url(std::string_view url) {
+  auto bad = [&](const std::string& why) {
+    return error(errc::invalid_argument, "distrlock: bad MySQL URL " + mask_password(url) + ": " + why);
+  };
+  std::string_view rest;
+  if (url.starts_with("mysql://")) {
+    rest = url.substr(8);
+  } else if (url.starts_with("mariadb://")) {
+    rest = url.substr(10);
+  } else {
+    throw bad("expected mysql://user:password@host:port/database (or mariadb://)");
+  }
+  Endpoint ep;
+  ep.masked = mask_password(url);
+  bool ok = true;
+  auto decode = [&](std::string_view part, const char* what) {
+    std::string v = percent_decode(part, ok);
+    if (!ok) throw bad(std::string("bad percent-encoding in the ") + what);
+    return v;
+  };
+  if (rest.find('#') != std::string_view::npos) throw bad("a URL fragment ('#') is not allowed");
+
+  const std::size_t authority_end = rest.find_first_of("/?");
+  const std::string_view authority = rest.substr(0, authority_end);
+  std::string_view host_port = authority;
+  if (const std::size_t at = authority.rfind('@'); at != std::string_view::npos) {
+    const std::string_view user_info = authority.substr(0, at);
+    host_port = authority.substr(at + 1);
+    const std::size_t colon = user_info.find(':');
+    ep.user = decode(user_info.substr(0, colon), "user name");
+    if (colon != std::string_view::npos) ep.password = decode(user_info.substr(colon + 1), "password");
+  }
+  std::string_view port_text;
+  if (host_port.starts_with('[')) {  // [IPv6]:port
+    const std::size_t close = host_port.find(']');
+    if (close == std::string_view::npos) throw bad("unterminated '[' in the host");
+    ep.host = std::string(host_port.substr(1, close - 1));
+    const std::string_view after = host_port.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':') throw bad("unexpected text after ']'");
+      port_text = after.substr(1);
+      if (port_text.empty()) throw bad("empty port");
+    }
+  } else {
+    const std::size_t colon = host_port.rfind(':');
+    ep.host = decode(host_port.substr(0, colon), "host");
+    if (colon != std::string_view::npos) {
+      port_text = host_port.substr(colon + 1);
+      if (port_text.empty()) throw bad("empty port");
+    }
+  }
+  if (!port_text.empty()) {
+    unsigned int port = 0;
+    const auto [end, err] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (err != std::errc() || end != port_text.data() + port_text.size() || port == 0 || port > 65535)
+      throw bad("the port must be a number from 1 to 65535");
+    ep.port = port;
+  }
+
+  std::string_view path_and_query =
+      authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
+  const std::size_t q = path_and_query.find('?');
+  std::string_view path = path_and_query.substr(0, q);
+  if (path.starts_with('/')) path.remove_prefix(1);
+  ep.database = decode(path, "database name");
+  if (ep.database.find('/') != std::string::npos) throw bad("the path must be a single database name");
+
+  if (q != std::string_view::npos) {
+    std::string_view query = path_and_query.substr(q + 1);
+    while (!query.empty()) {
+      const std::size_t amp = query.find('&');
+      const std::string_view item = query.substr(0, amp);
+      query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+      if (item.empty()) continue;
+      const std::size_t eq = item.find('=');
+      const std::string name = decode(item.substr(0, eq), "parameter name");
+      const std::string value = eq == std::string_view::npos ? std::string() : decode(item.substr(eq + 1), "parameter");
+      if (name == "socket") {
+        if (value.empty()) throw bad("socket= needs a path");
+        ep.socket = value;
+      } else {
+        throw bad("unknown parameter \"" + printable(name) + "\" (known: socket)");
+      }
+    }
+  }
+  return ep;
+}
+
+errc map_errno(unsigned int code) {
+  switch (code) {
+    case ER_LOCK_DEADLOCK:  // InnoDB rolled the whole transaction back
+      return errc::conflict;
+    case ER_LOCK_WAIT_TIMEOUT:  // innodb_lock_wait_timeout: the statement was rolled back, the wait ran out
+    case ER_STATEMENT_TIMEOUT:  // MariaDB max_statement_time
+    case mysql8_query_timeout:  // MySQL MAX_EXECUTION_TIME
+    case mysql8_lock_nowait: return errc::timeout;
+    case ER_QUERY_INTERRUPTED:  // KILL QUERY from someone else (ours are mapped by the caller)
+      return errc::cancelled;
+    case ER_NO_SUCH_TABLE:
+    case ER_BAD_DB_ERROR:  // a schema-qualified table in a database that does not exist
+      return errc::not_migrated;
+    case ER_NO_DB_ERROR:  // the URL names no database and the table is not schema-qualified
+    case ER_DATA_TOO_LONG:
+    case ER_TRUNCATED_WRONG_VALUE_FOR_FIELD:
+    case ER_WARN_DATA_OUT_OF_RANGE:
+    case ER_DATA_OUT_OF_RANGE:              // a TTL too long for microseconds in a BIGINT
+    case ER_INVALID_CHARACTER_STRING:       // an owner string that is not UTF-8
+    case ER_CONSTRAINT_FAILED:              // MariaDB CHECK
+    case mysql8_check_constraint_violated:  // MySQL CHECK
+      return errc::invalid_argument;
+    case ER_CON_COUNT_ERROR:
+    case ER_TOO_MANY_USER_CONNECTIONS:
+    case ER_SERVER_SHUTDOWN:
+    case ER_CONNECTION_KILLED:
+    case ER_ABORTING_CONNECTION:
+    case ER_NEW_ABORTING_CONNECTION:
+    case ER_NET_READ_ERROR:
+    case ER_NET_READ_INTERRUPTED:
+    case ER_HOST_IS_BLOCKED:
+    case mysql8_client_interaction_timeout:
+    case CR_CONNECTION_ERROR:   // 2002: no server on the socket
+    case CR_CONN_HOST_ERROR:    // 2003: no server at host:port
+    case CR_UNKNOWN_HOST:       // 2005
+    case CR_SERVER_GONE_ERROR:  // 2006: the connection was gone before the statement was sent
+    case CR_SERVER_LOST:        // 2013: the connection broke while the statement ran
+    case CR_SERVER_LOST_EXTENDED:
+    case CR_ERR_NET_READ:
+    case CR_ERR_NET_WRITE: return errc::unavailable;
+    default: return errc::backend_error;
+  }
+}
+
+std::vector<Answer> run(MYSQL* conn, const Endpoint& endpoint, std::string_view sql, const OpContext& ctx,
+                        std::error_code& ec, RunState& state) {
+  std::vector<Answer> answers;
+  Driver driver(conn, endpoint, ctx, /*may_kill=*/true);
+  auto give_up = [&] {
+    state.sent = true;
+    state.broken = true;
+    fail(ec, driver.reason(),
+         "the server did not end the statement within " + std::to_string(kill_grace.count()) + " ms of KILL QUERY" +
+             (driver.kill_failure().empty() ? "" : " (" + driver.kill_failure() + ")") +
+             "; the connection was shut down");
+    return std::move(answers);
+  };
+
+  int failed = 0;
+  if (!driver.complete([&] { return mysql_real_query_start(&failed, conn, sql.data(), sql.size()); },
+                       [&](int events) { return mysql_real_query_cont(&failed, conn, events); }))
+    return give_up();
+  // A statement the client could not even write (2006: the connection was already gone) never ran.
+  if (!(failed != 0 && mysql_errno(conn) == CR_SERVER_GONE_ERROR)) state.sent = true;
+
+  while (failed == 0) {
+    Answer answer;
+    if (mysql_field_count(conn) > 0) {
+      MYSQL_RES* rows = nullptr;
+      if (!driver.complete([&] { return mysql_store_result_start(&rows, conn); },
+                           [&](int events) { return mysql_store_result_cont(&rows, conn, events); }))
+        return give_up();
+      if (rows == nullptr) {
+        failed = 1;
+        break;
+      }
+      answer.rows.reset(rows);
+    } else {
+      answer.affected_rows = mysql_affected_rows(conn);
+      answer.insert_id = mysql_insert_id(conn);
+    }
+    answers.push_back(std::move(answer));
+    if (mysql_more_results(conn) == 0) return answers;
+    int next = 0;
+    if (!driver.complete([&] { return mysql_next_result_start(&next, conn); },
+                         [&](int events) { return mysql_next_result_cont(&next, conn, events); }))
+      return give_up();
+    if (next < 0) return answers;  // no more results
+    failed = next;
+  }
+
+  const unsigned int code = mysql_errno(conn);
+  errc e = code == 0 ? errc::unavailable : map_errno(code);
+  if (driver.stopping() && (code == ER_QUERY_INTERRUPTED || code == ER_STATEMENT_TIMEOUT)) e = driver.reason();
+  if (code == 0 || is_client_error(code) || closes_connection(code)) state.broken = true;
+  fail(ec, e, describe_error(conn));
+  return answers;
+}
+
+ConnPtr connect(const Endpoint& endpoint, Clock::time_point deadline, milliseconds connect_timeout,
+                std::error_code& ec) {
+  ConnPtr conn(new_handle());
+  if (!conn) {
+    fail(ec, errc::unavailable, "out of memory opening a connection");
+    return nullptr;
+  }
+  MYSQL* m = conn.get();
+  const my_bool no = 0;
+  const unsigned int no_infile = 0;
+  const unsigned int secs = whole_seconds(connect_timeout);
+  if (mysql_options(m, MYSQL_OPT_NONBLOCK, nullptr) != 0) {
+    fail(ec, errc::unavailable, "cannot enable the non-blocking API: " + describe_error(m));
+    return nullptr;
+  }
+  mysql_options(m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+  mysql_options(m, MYSQL_OPT_RECONNECT, &no);  // a reconnect would silently drop the session's state
+  mysql_options(m, MYSQL_OPT_LOCAL_INFILE, &no_infile);
+  mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &secs);
+  // Every statement must commit on its own, whatever the server's default (init_connect, autocommit=0).
+  mysql_options(m, MYSQL_INIT_COMMAND, "SET autocommit = 1");
+  mysql_optionsv(m, MYSQL_OPT_CONNECT_ATTR_ADD, "program_name", "distrlock");
+
+  const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
+  const OpContext ctx{limit, {}, {}};
+  Driver driver(m, endpoint, ctx, /*may_kill=*/false);
+  MYSQL* ret = nullptr;
+  const bool finished = driver.complete(
+      [&] {
+        return mysql_real_connect_start(&ret, m, or_null(endpoint.host), endpoint.user.c_str(),
+                                        endpoint.password.c_str(), or_null(endpoint.database), endpoint.port,
+                                        or_null(endpoint.socket), CLIENT_MULTI_STATEMENTS);
+      },
+      [&](int events) { return mysql_real_connect_cont(&ret, m, events); });
+  if (!finished) {
+    fail(ec, errc::unavailable,
+         "connecting to " + endpoint.masked + " took longer than " + std::to_string(connect_timeout.count()) +
+             " ms or the call's deadline");
+    return nullptr;
+  }
+  if (ret == nullptr) {
+    fail(ec, errc::unavailable, describe_error(m));
+    return nullptr;
+  }
+  return conn;
+}
+
+bool prepare_caller_connection(MYSQL* conn, std::error_code& ec) {
+  my_bool nonblocking = 0;
+  if (mysql_get_optionv(conn, MYSQL_OPT_NONBLOCK, &nonblocking) == 0 && nonblocking != 0) return true;
+  if (mysql_options(conn, MYSQL_OPT_NONBLOCK, nullptr) != 0) {
+    fail(ec, errc::invalid_argument,
+         "cannot enable Connector/C's non-blocking API on the caller's connection: " + describe_error(conn));
+    return false;
+  }
+  return true;
+}
+
+Pool::Handle& Pool::Handle::operator=(Handle&& o) noexcept {
+  if (this != &o) {
+    if (conn_) pool_->put_back(std::move(conn_), true);
+    pool_ = o.pool_;
+    conn_ = std::move(o.conn_);
+  }
+  return *this;
+}
+
+Pool::Handle::~Handle() {
+  if (conn_) pool_->put_back(std::move(conn_), true);
+}
+
+void Pool::Handle::discard() noexcept {
+  if (conn_) pool_->put_back(std::move(conn_), false);
+}
+
+void Pool::put_back(std::unique_ptr<Connection> c, bool healthy) noexcept {
+  unsigned int status = 0;
+  const bool keep = healthy && mysql_get_socket(c->conn.get()) >= 0 &&
+                    mariadb_get_infov(c->conn.get(), MARIADB_CONNECTION_SERVER_STATUS, &status) == 0 &&
+                    (status & SERVER_STATUS_IN_TRANS) == 0;
+  {
+    std::lock_guard lk(mu_);
+    if (keep) {
+      idle_.push_back(std::move(c));
+    } else {
+      --open_;
+    }
+  }
+  cv_.notify_one();
+  // A dropped connection closes here, outside the lock (closing rolls back anything left open).
+}
+
+Pool::Handle Pool::get(const OpContext& ctx, std::error_code& ec) {
+  std::unique_lock lk(mu_);
+  milliseconds backoff{50};
+  while (true) {
+    while (!idle_.empty()) {
+      std::unique_ptr<Connection> c = std::move(idle_.back());
+      idle_.pop_back();
+      // An idle connection has nothing to read unless the server closed it (KILL CONNECTION, a restart,
+      // wait_timeout): drop it before sending anything, so that a statement is only sent on a live connection.
+      pollfd p{mysql_get_socket(c->conn.get()), POLLIN, 0};
+      if (p.fd >= 0 && ::poll(&p, 1, 0) == 0) return Handle(this, std::move(c));
+      --open_;
+      lk.unlock();
+      c.reset();
+      lk.lock();
+    }
+    if (open_ < max_size_) {
+      ++open_;
+      lk.unlock();
+      while (true) {
+        std::error_code connect_ec;
+        ConnPtr conn = connect(endpoint_, ctx.deadline, connect_timeout_, connect_ec);
+        if (conn) {
+          auto c = std::make_unique<Connection>();
+          c->conn = std::move(conn);
+          return Handle(this, std::move(c));
+        }
+        const Clock::time_point retry_at = Clock::now() + backoff;
+        if (retry_at >= ctx.deadline || ctx.stop.stop_requested()) {
+          ec = connect_ec;  // detail was set by connect()
+          lk.lock();
+          --open_;
+          lk.unlock();
+          cv_.notify_one();
+          return Handle();
+        }
+        std::mutex sleep_mu;
+        std::unique_lock sleep_lk(sleep_mu);
+        std::condition_variable_any sleeper;
+        sleeper.wait_until(sleep_lk, ctx.stop, retry_at, [] { return false; });
+        backoff = std::min(backoff * 2, milliseconds{1000});
+      }
+    }
+    if (!cv_.wait_until(lk, ctx.stop, ctx.deadline, [this] { return !idle_.empty() || open_ < max_size_; })) {
+      fail(ec, ctx.stop.stop_requested() ? errc::cancelled : errc::timeout,
+           "no pooled connection became free before the deadline");
+      return Handle();
+    }
+  }
+}
+
+}  // namespace distrlock::detail::mysql

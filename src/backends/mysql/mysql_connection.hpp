@@ -1,0 +1,126 @@
+// MariaDB Connector/C plumbing: the URL, owning handles, one packet of statements with a deadline and a
+// server-side KILL QUERY, and the pool. Works against MariaDB 10.3+ and MySQL 8.
+#pragma once
+
+#include <mysql.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "core/thread_annotations.hpp"
+
+namespace distrlock::detail::mysql {
+
+struct ConnDeleter {
+  void operator()(MYSQL* m) const noexcept { mysql_close(m); }
+};
+using ConnPtr = std::unique_ptr<MYSQL, ConnDeleter>;
+
+struct ResultDeleter {
+  void operator()(MYSQL_RES* r) const noexcept { mysql_free_result(r); }
+};
+using ResultPtr = std::unique_ptr<MYSQL_RES, ResultDeleter>;
+
+/// Where and as whom to connect, from "mysql://user:pass@host:port/db?socket=PATH" (or "mariadb://").
+struct Endpoint {
+  std::string user;
+  std::string password;
+  std::string host;  // "localhost" (or empty) means the unix socket, as for every MySQL client
+  unsigned int port = 3306;
+  std::string database;  // may be empty: then the table must be schema-qualified
+  std::string socket;    // unix socket path; empty: the client library's default
+  std::string masked;    // the URL with its password masked, for messages
+};
+
+/// Parses a mysql:// or mariadb:// URL; user, password, database and parameter values are percent-decoded.
+/// Throws distrlock::error(invalid_argument), with the password masked, for anything it does not understand.
+Endpoint parse_url(std::string_view url);
+
+/// Maps a MySQL/MariaDB server error number or Connector/C client error number to the library's error code.
+/// The one place where native codes become distrlock codes.
+errc map_errno(unsigned int code);
+
+/// How running a packet ended, beyond its error code.
+struct RunState {
+  bool sent = false;    // false: nothing reached the server, so retrying elsewhere is safe
+  bool broken = false;  // the connection must not be used again
+};
+
+/// The answer to one statement of a packet: an OK packet (affected rows, insert id) or a result set.
+struct Answer {
+  std::uint64_t affected_rows = 0;
+  std::uint64_t insert_id = 0;  // LAST_INSERT_ID(expr) set in the statement, else 0
+  ResultPtr rows;               // null for statements without a result set
+};
+
+/// Sends `sql` (one statement, or several separated by ';' on a connection opened with multi-statements) as
+/// one packet and reads every answer, until ctx.deadline or ctx.stop. If either comes first, the running
+/// statement is stopped on the server with KILL QUERY sent over a separate connection to `endpoint`
+/// (ErrorCode errc::timeout or errc::cancelled), and its answer is still read, so the connection stays usable.
+/// If the server does not answer within a grace period, the socket is shut down: state.broken.
+/// On failure sets `ec` and the last detail, and returns the answers read before it.
+std::vector<Answer> run(MYSQL* conn, const Endpoint& endpoint, std::string_view sql, const OpContext& ctx,
+                        std::error_code& ec, RunState& state);
+
+/// Opens a pooled connection (non-blocking API, utf8mb4, autocommit, multi-statements), giving up at the
+/// earlier of `deadline` and now + connect_timeout.
+ConnPtr connect(const Endpoint& endpoint, Clock::time_point deadline, milliseconds connect_timeout,
+                std::error_code& ec);
+
+/// Makes a caller's connection usable by run(): enables Connector/C's non-blocking API on it (the handle then
+/// keeps a small coroutine stack until it is closed). Returns false, with ec set, if that is impossible.
+bool prepare_caller_connection(MYSQL* conn, std::error_code& ec);
+
+/// A pooled connection.
+struct Connection {
+  ConnPtr conn;
+};
+
+/// A bounded pool. Idle connections found closed by the server (KILL CONNECTION, a restart, wait_timeout) are
+/// dropped before use; new ones are opened with backoff until the call's deadline. A connection left inside a
+/// transaction (a packet that failed half-way) is closed rather than reused.
+class Pool {
+ public:
+  Pool(Endpoint endpoint, std::size_t max_size, milliseconds connect_timeout)
+      : endpoint_(std::move(endpoint)), max_size_(max_size), connect_timeout_(connect_timeout) {}
+
+  /// Lends a connection; it returns to the pool when the Handle dies, unless discard() was called.
+  class Handle {
+   public:
+    Handle() = default;
+    Handle(Pool* pool, std::unique_ptr<Connection> c) : pool_(pool), conn_(std::move(c)) {}
+    Handle(Handle&& o) noexcept = default;
+    Handle& operator=(Handle&& o) noexcept;
+    ~Handle();
+    Connection* operator->() const noexcept { return conn_.get(); }
+    explicit operator bool() const noexcept { return conn_ != nullptr; }
+    void discard() noexcept;
+
+   private:
+    Pool* pool_ = nullptr;
+    std::unique_ptr<Connection> conn_;
+  };
+
+  Handle get(const OpContext& ctx, std::error_code& ec);
+  const Endpoint& endpoint() const noexcept { return endpoint_; }
+
+ private:
+  void put_back(std::unique_ptr<Connection> c, bool healthy) noexcept;
+
+  const Endpoint endpoint_;
+  const std::size_t max_size_;
+  const milliseconds connect_timeout_;
+  std::mutex mu_;
+  std::condition_variable_any cv_;
+  std::vector<std::unique_ptr<Connection>> idle_ GUARDED_BY(mu_);
+  std::size_t open_ GUARDED_BY(mu_) = 0;  // idle + lent + being opened
+};
+
+}  // namespace distrlock::detail::mysql

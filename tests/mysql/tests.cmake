@@ -1,0 +1,7 @@
+# MySQL/MariaDB-specific tests. Included from tests/CMakeLists.txt.
+if(DISTRLOCK_WITH_MYSQL)
+  add_executable(mysql_tests ${CMAKE_CURRENT_LIST_DIR}/mysql_test.cpp)
+  target_link_libraries(mysql_tests PRIVATE test_support GTest::gtest_main PkgConfig::MariaDB distrlock_warnings)
+  gtest_discover_tests(mysql_tests TEST_PREFIX "mysql." DISCOVERY_TIMEOUT 30
+                       PROPERTIES TIMEOUT 120 RESOURCE_LOCK database)
+endif()
