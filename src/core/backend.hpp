@@ -57,7 +57,8 @@ class Backend {
   virtual std::vector<milliseconds> extend_many(const OpContext& ctx, std::span<const ExtendRequest> requests,
                                                 std::error_code& ec) = 0;
 
-  /// The state of `keys`, or of every key when `keys` is empty (see Manager::status).
+  /// The rows of `keys` that exist, in any order, or every row ordered by key when `keys` is empty. The core
+  /// puts them in the caller's order and fills in the keys the table has never seen.
   virtual std::vector<LockStatus> inspect(const OpContext& ctx, const std::vector<std::string>& keys,
                                           std::error_code& ec) = 0;
 

@@ -1,6 +1,7 @@
 #include "distrlock/manager.hpp"
 
 #include <cstdio>
+#include <map>
 #include <mutex>
 
 #include "core/state.hpp"
@@ -180,7 +181,18 @@ std::vector<LockStatus> Manager::status(const std::vector<std::string>& keys, st
         return {};
       }
     }
-    return state_->backend->inspect(state_->context(call), keys, ec);
+    std::vector<LockStatus> found = state_->backend->inspect(state_->context(call), keys, ec);
+    if (ec || keys.empty()) return found;
+    // One entry per requested key, in the caller's order; a key the table has never seen is free, fence 0.
+    std::map<std::string, LockStatus> by_key;
+    for (LockStatus& st : found) by_key.emplace(st.key, std::move(st));
+    std::vector<LockStatus> out;
+    out.reserve(keys.size());
+    for (const std::string& key : keys) {
+      const auto it = by_key.find(key);
+      out.push_back(it != by_key.end() ? it->second : LockStatus{.key = key});
+    }
+    return out;
   } catch (const std::exception& e) {
     fail(ec, errc::backend_error, e.what());
     return {};

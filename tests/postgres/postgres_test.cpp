@@ -189,36 +189,6 @@ TEST_F(Postgres, TheNextOperationSucceedsAfterTheLibrarysConnectionIsTerminated)
   first.release();
 }
 
-TEST_F(Postgres, AcquireBeforeMigrateFailsWithNotMigrated) {
-  distrlock::Options o;
-  o.table = unique_table();
-  auto fresh = open(o);
-  distrlock::Lock lock = fresh.lock(key_);
-  std::error_code ec;
-  lock.try_acquire(30s, ec);
-  EXPECT_EQ(ec, errc::not_migrated) << ec.message();
-  fresh.migrate();
-  EXPECT_TRUE(lock.try_acquire(30s));
-}
-
-TEST_F(Postgres, MigrateIsIdempotentAndSafeWhenRunConcurrently) {
-  distrlock::Options o;
-  o.table = unique_table();
-  std::vector<std::future<std::error_code>> runs;
-  for (int i = 0; i < 8; ++i) {
-    runs.push_back(std::async(std::launch::async, [&] {
-      auto m = open(o);
-      std::error_code ec;
-      m.migrate(ec);
-      if (!ec) m.migrate(ec);
-      return ec;
-    }));
-  }
-  for (auto& r : runs) EXPECT_FALSE(r.get());
-  EXPECT_EQ(admin_->query("SELECT count(*) FROM " + o.table + "_migrations"), "1");
-  EXPECT_EQ(admin_->query("SELECT count(*) FROM " + o.table), "0");
-}
-
 TEST_F(Postgres, MigrationsAreVersionedUpAndDownSqlForTheConfiguredTable) {
   distrlock::Options o;
   o.table = "ops.my_locks";

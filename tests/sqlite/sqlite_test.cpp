@@ -287,20 +287,6 @@ TEST_F(Sqlite, TenProcessesMigratingAFreshFileAtOnceAllSucceed) {
   EXPECT_EQ(fresh->query("PRAGMA journal_mode"), "wal");
 }
 
-TEST_F(Sqlite, AcquireBeforeMigrateFailsWithNotMigrated) {
-  distrlock::Options o;
-  o.table = unique_table();
-  auto fresh = open(o);
-  distrlock::Lock lock = fresh.lock(key_);
-  std::error_code ec;
-  lock.try_acquire(30s, ec);
-  EXPECT_EQ(ec, errc::not_migrated) << ec.message();
-  fresh.status({key_}, ec);
-  EXPECT_EQ(ec, errc::not_migrated) << ec.message();
-  fresh.migrate();
-  EXPECT_TRUE(lock.try_acquire(30s));
-}
-
 TEST_F(Sqlite, MigrateDownDropsTheTableAndMigrateRecreatesItUnderTheSameHandle) {
   distrlock::Options o;
   o.table = unique_table();

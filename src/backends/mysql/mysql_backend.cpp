@@ -268,7 +268,6 @@ class MysqlBackend final : public Backend {
         keys.empty() ? std::string() : " WHERE `key` IN (" + bytes_list({keys.begin(), keys.end()}) + ")";
     const std::vector<Answer> answers = exec(ctx, fill(inspect_sql_, {{"where", where}}), ec);
     if (ec) return {};
-    std::map<std::string, LockStatus> found;
     std::vector<LockStatus> rows;
     MYSQL_RES* res = answers.at(0).rows.get();
     while (MYSQL_ROW row = mysql_fetch_row(res)) {
@@ -279,16 +278,7 @@ class MysqlBackend final : public Backend {
       st.owner = st.held ? std::string(field(row, lengths, 2)) : std::string();
       st.fence = int_field(row, lengths, 3);
       st.expires_in = st.held ? milliseconds{int_field(row, lengths, 4)} : milliseconds{0};
-      if (keys.empty()) {
-        rows.push_back(std::move(st));
-      } else {
-        found.emplace(st.key, std::move(st));
-      }
-    }
-    if (keys.empty()) return rows;
-    for (const std::string& key : keys) {
-      const auto it = found.find(key);
-      rows.push_back(it != found.end() ? it->second : LockStatus{.key = key});
+      rows.push_back(std::move(st));
     }
     return rows;
   }

@@ -170,7 +170,6 @@ class PostgresBackend final : public Backend {
     const char* values[] = {keys.empty() ? nullptr : array.c_str()};
     ResultPtr r = exec(ctx, inspect_stmt, 1, values, nullptr, nullptr, ec);
     if (ec) return {};
-    std::map<std::string, LockStatus> found;
     std::vector<LockStatus> rows;
     for (int row = 0; row < PQntuples(r.get()); ++row) {
       LockStatus st;
@@ -179,16 +178,7 @@ class PostgresBackend final : public Backend {
       st.owner = st.held ? PQgetvalue(r.get(), row, 2) : "";
       st.fence = to_int(PQgetvalue(r.get(), row, 3));
       st.expires_in = st.held ? milliseconds{to_int(PQgetvalue(r.get(), row, 4))} : milliseconds{0};
-      if (keys.empty()) {
-        rows.push_back(std::move(st));
-      } else {
-        found.emplace(st.key, std::move(st));
-      }
-    }
-    if (keys.empty()) return rows;
-    for (const std::string& key : keys) {
-      const auto it = found.find(key);
-      rows.push_back(it != found.end() ? it->second : LockStatus{.key = key});
+      rows.push_back(std::move(st));
     }
     return rows;
   }

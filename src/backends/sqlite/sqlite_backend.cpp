@@ -253,15 +253,7 @@ class SqliteBackend final : public Backend {
       st.expires_in = st.held ? left_of(row, 4) : milliseconds{0};
       all.push_back(std::move(st));
     }
-    if (keys.empty()) return all;
-    std::map<std::string, LockStatus> found;
-    for (LockStatus& st : all) found.emplace(st.key, std::move(st));
-    std::vector<LockStatus> out;
-    for (const std::string& key : keys) {
-      const auto it = found.find(key);
-      out.push_back(it != found.end() ? it->second : LockStatus{.key = key});
-    }
-    return out;
+    return all;
   }
 
   std::vector<Migration> migrations() const override {
