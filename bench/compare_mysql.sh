@@ -18,7 +18,8 @@
 # alternates between rounds, and the verdict per client count is the median of the per-round ratios.
 #
 # Usage: bench/compare_mysql.sh URL
-#   URL: mysql://user[:password]@host:port/database (or mariadb://) of a database this script may write to. It
+#   URL: mysql://user[:password]@host:port/database[?returning=off] (or mariadb://) of a database this script may
+#   write to (returning=off: the library's and the replayed acquire without INSERT ... RETURNING, as on MySQL 8). It
 #   creates the database `original_baseline` (the baseline's own) and, through distrlock-bench's migrate(),
 #   `distributed_locks` in URL's database. Use a server of its own: the figures mean nothing on a busy one.
 # Environment (all optional):
@@ -63,8 +64,9 @@ done
 command -v "$mariadb" >/dev/null || die "no '$mariadb' command-line client"
 
 # ---- the URL, for the command-line client -----------------------------------------------------------------
-re='^(mysql|mariadb)://(([^:@/]*)(:([^@/]*))?@)?([^:/?]+)(:([0-9]+))?/([^?/]+)$'
-[[ $url =~ $re ]] || die "URL must look like mysql://user[:password]@host[:port]/database (no parameters)"
+re='^(mysql|mariadb)://(([^:@/]*)(:([^@/]*))?@)?([^:/?]+)(:([0-9]+))?/([^?/]+)(\?returning=(auto|off))?$'
+[[ $url =~ $re ]] ||
+  die "URL must look like mysql://user[:password]@host[:port]/database[?returning=off] (no other parameters)"
 pct() { printf '%b' "${1//%/\\x}"; }
 user=$(pct "${BASH_REMATCH[3]}") password=$(pct "${BASH_REMATCH[5]}") host=${BASH_REMATCH[6]}
 port=${BASH_REMATCH[8]:-3306} database=$(pct "${BASH_REMATCH[9]}")
@@ -112,16 +114,28 @@ awk -v clients="$connections_max" -v keys="$keys" 'BEGIN {
 }' | "${client[@]}" "$database" || die "could not create the bench keys"
 
 # The library protocol, as src/backends/mysql/mysql_backend.cpp sends it for the default table (keep the two in
-# step). Keys and tokens travel as quoted literals here rather than as X'..' hex: the same bytes to the server.
-# DELIMITER makes the client send the acquire's two statements as one packet, as the library does.
+# step): on MariaDB 10.5+ the acquire is one INSERT ... RETURNING; elsewhere (or with returning=off in the URL)
+# it is the upsert plus the holder SELECT in one packet. Keys and tokens travel as quoted literals here rather
+# than as X'..' hex: the same bytes to the server. DELIMITER makes the client send a packet's statements as one
+# packet, as the library does.
 now="TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6))"
+returning=0
+if [[ $url != *returning=off* ]] &&
+  sql "SELECT VERSION() LIKE '%MariaDB%' AND CAST(SUBSTRING_INDEX(VERSION(), '.', 1) AS UNSIGNED) * 100 + CAST(SUBSTRING_INDEX(SUBSTRING_INDEX(VERSION(), '.', 2), '.', -1) AS UNSIGNED) >= 1005" | grep -qx 1; then
+  returning=1
+fi
+echo "library:    acquire $( ((returning)) && echo "INSERT ... RETURNING" || echo "upsert + holder SELECT")" | tee -a "$out_dir/summary.txt"
 for c in $(seq $connections_max); do
-  awk -v c="$c" -v n="$cycles_per_connection" -v now="$now" 'BEGIN {
+  awk -v c="$c" -v n="$cycles_per_connection" -v now="$now" -v returning="$returning" 'BEGIN {
     q = "\x27"; t = "`distributed_locks`"
     print "DELIMITER //"
     for (i = 0; i < n; ++i) {
       k = q "lib/" c "/" (i % 500) q; tok = q "token-" c q
-      printf "INSERT INTO %s (`key`, `token`, `fence`, `expires`, `owner`) VALUES (%s, %s, LAST_INSERT_ID(1), %s + 30000000, LEFT(%s, 255)) ON DUPLICATE KEY UPDATE `token` = IF(`token` IS NULL OR `expires` <= %s OR `token` = VALUES(`token`), VALUES(`token`), `token`), `fence` = IF(`token` = VALUES(`token`), LAST_INSERT_ID(`fence` + 1), `fence` + 0 * LAST_INSERT_ID(9223372036854775808 + GREATEST(0, `expires` - %s) DIV 1000)), `expires` = IF(`token` = VALUES(`token`), VALUES(`expires`), `expires`), `owner` = IF(`token` = VALUES(`token`), VALUES(`owner`), `owner`); SELECT `owner` FROM %s WHERE `key` = %s AND LAST_INSERT_ID() >= 9223372036854775808//\n", t, k, tok, now, q "mariadb-cli" q, now, now, t, k
+      if (returning) {
+        printf "INSERT INTO %s (`key`, `token`, `fence`, `expires`, `owner`) VALUES (%s, %s, 1, %s + 30000000, LEFT(%s, 255)) ON DUPLICATE KEY UPDATE `token` = IF(`token` IS NULL OR `expires` <= %s OR `token` = VALUES(`token`), VALUES(`token`), `token`), `fence` = IF(`token` = VALUES(`token`), `fence` + 1, `fence`), `expires` = IF(`token` = VALUES(`token`), VALUES(`expires`), `expires`), `owner` = IF(`token` = VALUES(`token`), VALUES(`owner`), `owner`) RETURNING `token` = %s, `fence`, GREATEST(0, `expires` - %s) DIV 1000, `owner`//\n", t, k, tok, now, q "mariadb-cli" q, now, tok, now
+      } else {
+        printf "INSERT INTO %s (`key`, `token`, `fence`, `expires`, `owner`) VALUES (%s, %s, LAST_INSERT_ID(1), %s + 30000000, LEFT(%s, 255)) ON DUPLICATE KEY UPDATE `token` = IF(`token` IS NULL OR `expires` <= %s OR `token` = VALUES(`token`), VALUES(`token`), `token`), `fence` = IF(`token` = VALUES(`token`), LAST_INSERT_ID(`fence` + 1), `fence` + 0 * LAST_INSERT_ID(9223372036854775808 + GREATEST(0, `expires` - %s) DIV 1000)), `expires` = IF(`token` = VALUES(`token`), VALUES(`expires`), `expires`), `owner` = IF(`token` = VALUES(`token`), VALUES(`owner`), `owner`); SELECT `owner` FROM %s WHERE `key` = %s AND LAST_INSERT_ID() >= 9223372036854775808//\n", t, k, tok, now, q "mariadb-cli" q, now, now, t, k
+      }
       printf "UPDATE %s SET `token` = NULL, `owner` = NULL, `expires` = %s, `fence` = LAST_INSERT_ID(`fence`) WHERE `key` = %s AND `token` = %s AND `expires` > %s//\n", t, now, k, tok, now
     }
   }' >"$out_dir/library-$c.sql"

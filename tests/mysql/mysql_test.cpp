@@ -237,6 +237,36 @@ class Mysql : public ::testing::Test {
     return distrlock::Manager::open(url.empty() ? url_ : url, o);
   }
   std::unique_ptr<CallerSession> session() { return backend("mysql").open_session(url_); }
+  /// What 20 cycles of {grant, busy answer, extend, release} on one pooled connection of a Manager opened with
+  /// `query` appended to the URL sent through a relay that counts commands, and what the server counted.
+  struct CycleCounts {
+    long cycles = 20;
+    long round_trips = 0;
+    std::map<std::string, long> before, after;
+    long delta(const std::string& name) const { return after.at(name) - before.at(name); }
+  };
+  CycleCounts count_cycles(const std::string& query) {
+    CommandCounter relay(static_cast<unsigned short>(std::stoi(url_port(url_))));
+    distrlock::Options o;
+    o.pool_size = 1;
+    auto m = open(o, with_port(url_, relay.port()) + query);
+    distrlock::Lock lock = m.lock(key_);
+    distrlock::Lock rival = m.lock(key_);
+    CycleCounts n;
+    EXPECT_TRUE(lock.try_acquire(30s));  // warm-up: opens the pooled connection
+    lock.release();
+    const long commands_before = relay.commands();
+    n.before = admin_->global_status();
+    for (long i = 0; i < n.cycles; ++i) {
+      EXPECT_TRUE(lock.try_acquire(30s));
+      EXPECT_FALSE(rival.try_acquire(30s));  // a busy answer, holder included, is one round trip too
+      lock.extend();
+      lock.release();
+    }
+    n.after = admin_->global_status();
+    n.round_trips = relay.commands() - commands_before;
+    return n;
+  }
   /// The connection ids a fresh single-connection Manager opened for `op`.
   std::set<std::string> new_connections(const std::set<std::string>& before) {
     std::set<std::string> out;
@@ -253,54 +283,69 @@ class Mysql : public ::testing::Test {
 };
 
 TEST_F(Mysql, AcquireExtendAndReleaseAreOneRoundTripEach) {
-  CommandCounter relay(static_cast<unsigned short>(std::stoi(url_port(url_))));
-  distrlock::Options o;
-  o.pool_size = 1;
-  auto m = open(o, with_port(url_, relay.port()));
-  distrlock::Lock lock = m.lock(key_);
-  distrlock::Lock rival = m.lock(key_);
-  ASSERT_TRUE(lock.try_acquire(30s));  // warm-up: opens the pooled connection
-  lock.release();
+  const CycleCounts n = count_cycles("");
+  EXPECT_EQ(n.round_trips, 4 * n.cycles) << "every operation must be exactly one round trip";
+  // What the packets held: each acquire one INSERT ... ON DUPLICATE KEY UPDATE ... RETURNING (MariaDB 10.5+),
+  // whose returned row names the holder; extend and release one UPDATE each; no BEGIN, no COMMIT.
+  EXPECT_EQ(n.delta("Com_insert"), 2 * n.cycles);
+  EXPECT_EQ(n.delta("Com_select"), 0);
+  EXPECT_EQ(n.delta("Com_update"), 2 * n.cycles);
+  EXPECT_EQ(n.delta("Com_begin") + n.delta("Com_commit"), 0);
+  EXPECT_EQ(n.delta("Questions"), 4 * n.cycles + 1) << "+1: the second SHOW GLOBAL STATUS counts itself";
+}
 
-  constexpr int cycles = 20;
-  const long commands_before = relay.commands();
-  const auto before = admin_->global_status();
-  for (int i = 0; i < cycles; ++i) {
-    ASSERT_TRUE(lock.try_acquire(30s));
-    ASSERT_FALSE(rival.try_acquire(30s));  // a busy answer, holder included, is one round trip too
-    lock.extend();
-    lock.release();
-  }
-  const auto after = admin_->global_status();
-  const long round_trips = relay.commands() - commands_before;
-  auto delta = [&](const std::string& name) { return after.at(name) - before.at(name); };
-
-  EXPECT_EQ(round_trips, 4 * cycles) << "every operation must be exactly one round trip";
-  // What the packets held: each acquire is an INSERT ... ON DUPLICATE KEY UPDATE plus the SELECT of the holder
-  // (which reads nothing after a grant); extend and release are one UPDATE each; no BEGIN, no COMMIT.
-  EXPECT_EQ(delta("Com_insert"), 2 * cycles);
-  EXPECT_EQ(delta("Com_select"), 2 * cycles);
-  EXPECT_EQ(delta("Com_update"), 2 * cycles);
-  EXPECT_EQ(delta("Com_begin") + delta("Com_commit"), 0);
-  EXPECT_EQ(delta("Questions"), 6 * cycles + 1) << "+1: the second SHOW GLOBAL STATUS counts itself";
+TEST_F(Mysql, WithoutReturningEveryOperationIsStillOneRoundTrip) {
+  const CycleCounts n = count_cycles("?returning=off");
+  EXPECT_EQ(n.round_trips, 4 * n.cycles) << "every operation must be exactly one round trip";
+  // The statements MySQL 8 accepts: each acquire packet is the upsert plus the SELECT of the holder (which reads
+  // nothing after a grant); extend and release one UPDATE each; no BEGIN, no COMMIT.
+  EXPECT_EQ(n.delta("Com_insert"), 2 * n.cycles);
+  EXPECT_EQ(n.delta("Com_select"), 2 * n.cycles);
+  EXPECT_EQ(n.delta("Com_update"), 2 * n.cycles);
+  EXPECT_EQ(n.delta("Com_begin") + n.delta("Com_commit"), 0);
+  EXPECT_EQ(n.delta("Questions"), 6 * n.cycles + 1) << "+1: the second SHOW GLOBAL STATUS counts itself";
 }
 
 TEST_F(Mysql, ABusyAnswerNamesTheHolderAndItsTimeLeftFromTheSamePacket) {
+  for (const std::string query : {"", "?returning=off"}) {
+    SCOPED_TRACE(query.empty() ? "with RETURNING" : query);
+    const std::string key = unique_key("busy");
+    distrlock::Options o;
+    o.owner = "report-host:42";
+    auto holder_manager = open(o, url_ + query);
+    distrlock::Lock holder = holder_manager.lock(key);
+    ASSERT_TRUE(holder.try_acquire(30s));
+    auto other_manager = open({}, url_ + query);
+    distrlock::Lock other = other_manager.lock(key);
+    try {
+      other.acquire(30s);
+      ADD_FAILURE() << "acquire of a held key did not throw";
+    } catch (const distrlock::error& e) {
+      EXPECT_EQ(e.code(), errc::already_acquired);
+      const std::string what = e.what();
+      EXPECT_NE(what.find("report-host:42"), std::string::npos) << what;
+      EXPECT_NE(what.find("for another 29"), std::string::npos) << what;
+    }
+  }
+}
+
+TEST_F(Mysql, OnACallerConnectionABusyAnswerNamesTheHolderWhereTheServerHasReturning) {
   distrlock::Options o;
-  o.owner = "report-host:42";
+  o.owner = "report-host:43";
   auto holder_manager = open(o);
   distrlock::Lock holder = holder_manager.lock(key_);
   ASSERT_TRUE(holder.try_acquire(30s));
+  MYSQL* conn = Sql::connect(url_, 0);
+  const Call on_it{.connection = distrlock::NativeConnection::mysql(conn)};
   distrlock::Lock other = manager_->lock(key_);
   try {
-    other.acquire(30s);
-    FAIL() << "acquire of a held key did not throw";
+    other.acquire(30s, 0s, on_it);
+    ADD_FAILURE() << "acquire of a held key did not throw";
   } catch (const distrlock::error& e) {
     EXPECT_EQ(e.code(), errc::already_acquired);
-    const std::string what = e.what();
-    EXPECT_NE(what.find("report-host:42"), std::string::npos) << what;
-    EXPECT_NE(what.find("for another 29"), std::string::npos) << what;
+    EXPECT_NE(std::string(e.what()).find("report-host:43"), std::string::npos) << e.what();
   }
+  mysql_close(conn);
 }
 
 TEST_F(Mysql, TheHeartbeatExtendsAThousandLeasesInAHandfulOfStatements) {
@@ -743,7 +788,8 @@ TEST_F(Mysql, MariadbUrlsAndPercentEncodedPasswordsWork) {
 TEST_F(Mysql, BadUrlsAreInvalidArgumentsThatMaskThePassword) {
   for (const std::string url : {"mysql://user:hunter2@host:99999/db", "mysql://user:hunter2@host:port/db",
                                 "mysql://user:hunter2@host/db?sslmode=require", "mysql://user:hunter2@host/a/b",
-                                "mariadb://user:hunter2@[::1/db", "mysql://user:hunter2%zz@host/db"}) {
+                                "mariadb://user:hunter2@[::1/db", "mysql://user:hunter2%zz@host/db",
+                                "mysql://user:hunter2@host/db?returning=on"}) {
     std::error_code ec;
     distrlock::Manager::open(url, {}, ec);
     EXPECT_EQ(ec, errc::invalid_argument) << url;

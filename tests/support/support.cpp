@@ -18,6 +18,7 @@ std::vector<BackendUnderTest> make_backends() {
 #endif
 #ifdef DISTRLOCK_TEST_MYSQL
   all.push_back(mysql_backend_under_test());
+  all.push_back(mysql_portable_backend_under_test());
 #endif
   return all;
 }
@@ -85,11 +86,11 @@ std::string server_url(const BackendUnderTest& b) {
   const char* v = std::getenv(b.env_var.c_str());
   if ((v == nullptr || *v == '\0') && b.service.empty()) return embedded_url(b);
   if (v == nullptr || *v == '\0') {
-    ADD_FAILURE() << b.env_var << " is not set: start the server with `eval \"$(scripts/services start "
-                  << b.service << ")\"` or run scripts/test";
+    ADD_FAILURE() << b.env_var << " is not set: start the server with `eval \"$(scripts/services start " << b.service
+                  << ")\"` or run scripts/test";
     return {};
   }
-  return v;
+  return v + b.url_suffix;
 }
 
 std::string unique_key(std::string_view hint) { return "test/" + std::string(hint) + "/" + random_suffix(); }

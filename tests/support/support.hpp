@@ -3,7 +3,6 @@
 #pragma once
 
 #include <distrlock/distrlock.hpp>
-
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -32,18 +31,21 @@ class CallerSession {
 };
 
 struct BackendUnderTest {
-  std::string name;      // "postgres"
-  std::string env_var;   // where scripts/services puts its URL
-  std::string service;   // the scripts/services name; empty for an embedded database (no server)
+  std::string name;     // "postgres"
+  std::string env_var;  // where scripts/services puts its URL
+  std::string service;  // the scripts/services name; empty for an embedded database (no server)
   /// SQL that opens a transaction at each isolation level the backend offers.
   std::vector<std::pair<std::string, std::string>> isolation_levels;
   std::function<std::unique_ptr<CallerSession>(const std::string& url)> open_session;
+  std::string url_suffix;  // appended to the server's URL, e.g. "?returning=off"
 };
 
 /// Each backend's entry, defined in support/backend_<name>.cpp.
 BackendUnderTest postgres_backend_under_test();
 BackendUnderTest sqlite_backend_under_test();
 BackendUnderTest mysql_backend_under_test();
+/// MariaDB again, through the statements written for MySQL 8 (no INSERT ... RETURNING): "?returning=off".
+BackendUnderTest mysql_portable_backend_under_test();
 
 /// The backends the conformance suite runs against, by name.
 const BackendUnderTest& backend(std::string_view name);

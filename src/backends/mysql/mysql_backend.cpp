@@ -1,5 +1,6 @@
 // The MySQL/MariaDB backend: every lock operation is one packet sent in autocommit (or in the caller's
-// transaction), written in SQL that MariaDB 10.3+ and MySQL 8 both accept. docs/mysql.md explains the SQL.
+// transaction), written in SQL that MariaDB 10.3+ and MySQL 8 both accept, except the acquire, which uses
+// MariaDB's INSERT ... RETURNING where the server has it. docs/mysql.md explains the SQL.
 #include "backends/mysql/mysql_backend.hpp"
 
 #include <algorithm>
@@ -134,6 +135,18 @@ class MysqlBackend final : public Backend {
         "`owner` = IF(`token` = {new_token}, {new_owner}, `owner`)",
         fixed);
     holder_sql_ = fill("; SELECT `owner` FROM {table} WHERE `key` = {key} AND LAST_INSERT_ID() >= {busy}", fixed);
+    // The same decision on MariaDB 10.5+, where the upsert itself returns the row as it left it: ours (granted,
+    // with the new fence) or the holder's, untouched. One statement, no LAST_INSERT_ID(), owner included.
+    acquire_returning_sql_ = fill(
+        "INSERT INTO {table} (`key`, `token`, `fence`, `expires`, `owner`) "
+        "VALUES ({key}, {token}, 1, {now} + {ttl_us}, LEFT({owner}, 255)) "
+        "ON DUPLICATE KEY UPDATE "
+        "`token` = IF(`token` IS NULL OR `expires` <= {now} OR `token` = {new_token}, {new_token}, `token`), "
+        "`fence` = IF(`token` = {new_token}, `fence` + 1, `fence`), "
+        "`expires` = IF(`token` = {new_token}, {new_expires}, `expires`), "
+        "`owner` = IF(`token` = {new_token}, {new_owner}, `owner`) "
+        "RETURNING `token` = {token}, `fence`, GREATEST(0, `expires` - {now}) DIV 1000, `owner`",
+        fixed);
     extend_sql_ = fill(
         "UPDATE {table} SET `expires` = {now} + {ttl_us}, `fence` = LAST_INSERT_ID(`fence`) "
         "WHERE `key` = {key} AND `token` = {token} AND `expires` > {now}",
@@ -158,39 +171,29 @@ class MysqlBackend final : public Backend {
 
   std::string_view name() const noexcept override { return "mysql"; }
 
-  // The upsert (acquire_sql_): inserts the row for a key never seen, else takes it over when it is free, expired
-  // or already ours. LAST_INSERT_ID() carries the answer (see busy_flag). On a pooled connection a second
-  // statement in the same packet reads the holder's owner string, but only after a busy answer.
+  // The upsert: inserts the row for a key never seen, else takes it over when it is free, expired or already
+  // ours. Where the server has INSERT ... RETURNING (MariaDB 10.5+) the statement returns the row; elsewhere
+  // (MySQL 8) LAST_INSERT_ID() carries the answer (see busy_flag), and on a pooled connection a second statement
+  // in the same packet reads the holder's owner string, but only after a busy answer.
   AcquireResult try_acquire(const OpContext& ctx, std::string_view key, std::string_view token, milliseconds ttl,
                             std::string_view owner, std::error_code& ec) override {
     const std::string k = bytes_literal(key);
     const std::string t = bytes_literal(token);
     const std::string ttl_us = micros(ttl);
     const std::string o = text_literal(owner);
-    std::string sql = fill(acquire_sql_, {{"key", k}, {"token", t}, {"ttl_us", ttl_us}, {"owner", o}});
-    // A caller's connection may not allow multi-statements, and inside its transaction a plain SELECT could
-    // read an old snapshot anyway: there, a busy answer carries the time left but not the owner.
-    if (!ctx.connection) sql += fill(holder_sql_, {{"key", k}});
-    const std::vector<Answer> answers = exec(ctx, sql, ec);
+    bool returning = false;
+    const std::vector<Answer> answers = with_connection(ctx, ec, [&](MYSQL* conn, RunState& st) {
+      returning = pool_.endpoint().returning && mysql::has_insert_returning(conn);
+      std::string sql = fill(returning ? acquire_returning_sql_ : acquire_sql_,
+                             {{"key", k}, {"token", t}, {"ttl_us", ttl_us}, {"owner", o}});
+      // A caller's connection may not allow multi-statements, and inside its transaction a plain SELECT could
+      // read an old snapshot anyway: there, a busy answer without RETURNING carries the time left but no owner.
+      if (!returning && !ctx.connection) sql += fill(holder_sql_, {{"key", k}});
+      return mysql::run(conn, pool_.endpoint(), sql, ctx, ec, st);
+    });
     AcquireResult out;
     if (ec) return out;
-    const std::uint64_t id = answers.at(0).insert_id;
-    if (id >= busy_flag) {
-      out.expires_in = milliseconds{static_cast<milliseconds::rep>(id - busy_flag)};
-      if (answers.size() > 1 && answers[1].rows) {
-        MYSQL_RES* res = answers[1].rows.get();
-        if (MYSQL_ROW row = mysql_fetch_row(res)) out.holder = std::string(field(row, mysql_fetch_lengths(res), 0));
-      }
-      return out;
-    }
-    if (id == 0) {
-      fail(ec, errc::backend_error, "the acquire statement reported no fencing token");
-      return out;
-    }
-    out.granted = true;
-    out.fence = static_cast<std::int64_t>(id);
-    out.expires_in = ttl;  // expires = the statement's now + ttl
-    return out;
+    return returning ? returned_answer(answers.at(0), ttl, ec) : insert_id_answer(answers, ttl, ec);
   }
 
   // `fence = LAST_INSERT_ID(fence)` leaves the fence as it is and marks a matched row in the OK packet; the
@@ -323,6 +326,49 @@ class MysqlBackend final : public Backend {
   }
 
  private:
+  /// The row an INSERT ... RETURNING left: (ours?, fence, milliseconds left, owner).
+  static AcquireResult returned_answer(const Answer& answer, milliseconds ttl, std::error_code& ec) {
+    AcquireResult out;
+    MYSQL_RES* res = answer.rows.get();
+    MYSQL_ROW row = res == nullptr ? nullptr : mysql_fetch_row(res);
+    if (row == nullptr) {
+      fail(ec, errc::backend_error, "the acquire statement returned no row");
+      return out;
+    }
+    const unsigned long* lengths = mysql_fetch_lengths(res);
+    if (field(row, lengths, 0) != "1") {
+      out.expires_in = milliseconds{int_field(row, lengths, 2)};
+      out.holder = std::string(field(row, lengths, 3));
+      return out;
+    }
+    out.granted = true;
+    out.fence = int_field(row, lengths, 1);
+    out.expires_in = ttl;  // expires = the statement's now + ttl
+    return out;
+  }
+
+  /// The OK packet of the portable upsert (LAST_INSERT_ID(), see busy_flag), then the holder SELECT's rows.
+  static AcquireResult insert_id_answer(const std::vector<Answer>& answers, milliseconds ttl, std::error_code& ec) {
+    AcquireResult out;
+    const std::uint64_t id = answers.at(0).insert_id;
+    if (id >= busy_flag) {
+      out.expires_in = milliseconds{static_cast<milliseconds::rep>(id - busy_flag)};
+      if (answers.size() > 1 && answers[1].rows) {
+        MYSQL_RES* res = answers[1].rows.get();
+        if (MYSQL_ROW row = mysql_fetch_row(res)) out.holder = std::string(field(row, mysql_fetch_lengths(res), 0));
+      }
+      return out;
+    }
+    if (id == 0) {
+      fail(ec, errc::backend_error, "the acquire statement reported no fencing token");
+      return out;
+    }
+    out.granted = true;
+    out.fence = static_cast<std::int64_t>(id);
+    out.expires_in = ttl;  // expires = the statement's now + ttl
+    return out;
+  }
+
   /// Runs one statement of a migration; does nothing once an earlier one failed.
   using Exec = std::function<std::vector<Answer>(const std::string&)>;
 
@@ -368,12 +414,7 @@ class MysqlBackend final : public Backend {
       }
       return std::vector<Answer>{};
     };
-    if (ctx.connection) {
-      RunState st;
-      if (MYSQL* conn = caller_connection(ctx, ec)) script(conn, st);
-      return;
-    }
-    on_pool(ctx, ec, script);
+    with_connection(ctx, ec, script);
   }
 
   static MYSQL* caller_connection(const OpContext& ctx, std::error_code& ec) {
@@ -403,15 +444,19 @@ class MysqlBackend final : public Backend {
     }
   }
 
+  /// Runs `body` on the caller's connection if the call names one, else on a pooled connection.
+  template <class Body>
+  std::vector<Answer> with_connection(const OpContext& ctx, std::error_code& ec, Body&& body) {
+    if (!ctx.connection) return on_pool(ctx, ec, body);
+    MYSQL* conn = caller_connection(ctx, ec);
+    if (conn == nullptr) return {};
+    RunState st;
+    return body(conn, st);
+  }
+
   std::vector<Answer> exec(const OpContext& ctx, const std::string& sql, std::error_code& ec) {
-    if (ctx.connection) {
-      MYSQL* conn = caller_connection(ctx, ec);
-      if (conn == nullptr) return {};
-      RunState st;
-      return mysql::run(conn, pool_.endpoint(), sql, ctx, ec, st);
-    }
-    return on_pool(ctx, ec,
-                   [&](MYSQL* conn, RunState& st) { return mysql::run(conn, pool_.endpoint(), sql, ctx, ec, st); });
+    return with_connection(
+        ctx, ec, [&](MYSQL* conn, RunState& st) { return mysql::run(conn, pool_.endpoint(), sql, ctx, ec, st); });
   }
 
   const std::vector<std::string> table_parts_;
@@ -423,7 +468,8 @@ class MysqlBackend final : public Backend {
   const std::string new_owner_ = inserted("owner");
   std::string migration_lock_;
   // The statements with table, clock and VALUES() filled in; {key}, {token}, ... are filled per call.
-  std::string acquire_sql_, holder_sql_, extend_sql_, release_sql_, extend_many_sql_, inspect_sql_;
+  std::string acquire_sql_, acquire_returning_sql_, holder_sql_, extend_sql_, release_sql_, extend_many_sql_,
+      inspect_sql_;
   mysql::Pool pool_;
 };
 

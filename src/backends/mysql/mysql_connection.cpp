@@ -276,12 +276,22 @@ Endpoint parse_url(std::string_view url) {
       if (name == "socket") {
         if (value.empty()) throw bad("socket= needs a path");
         ep.socket = value;
+      } else if (name == "returning") {
+        if (value != "auto" && value != "off") throw bad("returning= must be auto or off");
+        ep.returning = value == "auto";
       } else {
-        throw bad("unknown parameter \"" + printable(name) + "\" (known: socket)");
+        throw bad("unknown parameter \"" + printable(name) + "\" (known: socket, returning)");
       }
     }
   }
   return ep;
+}
+
+bool has_insert_returning(MYSQL* conn) {
+  const char* info = mysql_get_server_info(conn);
+  constexpr unsigned long mariadb_10_5 = 100500;
+  return info != nullptr && std::string_view(info).find("MariaDB") != std::string_view::npos &&
+         mysql_get_server_version(conn) >= mariadb_10_5;
 }
 
 errc map_errno(unsigned int code) {

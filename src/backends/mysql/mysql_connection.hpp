@@ -34,14 +34,20 @@ struct Endpoint {
   std::string password;
   std::string host;  // "localhost" (or empty) means the unix socket, as for every MySQL client
   unsigned int port = 3306;
-  std::string database;  // may be empty: then the table must be schema-qualified
-  std::string socket;    // unix socket path; empty: the client library's default
-  std::string masked;    // the URL with its password masked, for messages
+  std::string database;   // may be empty: then the table must be schema-qualified
+  std::string socket;     // unix socket path; empty: the client library's default
+  bool returning = true;  // ?returning=off: never use INSERT ... RETURNING, even where the server has it
+  std::string masked;     // the URL with its password masked, for messages
 };
 
-/// Parses a mysql:// or mariadb:// URL; user, password, database and parameter values are percent-decoded.
-/// Throws distrlock::error(invalid_argument), with the password masked, for anything it does not understand.
+/// Parses a mysql:// or mariadb:// URL (parameters: socket=PATH, returning=auto|off); user, password, database and
+/// parameter values are percent-decoded. Throws distrlock::error(invalid_argument), with the password masked, for
+/// anything it does not understand.
 Endpoint parse_url(std::string_view url);
+
+/// Whether the server at the other end of `conn` runs INSERT ... ON DUPLICATE KEY UPDATE ... RETURNING: MariaDB
+/// 10.5 and later (MySQL 8 has no RETURNING). Read from the handshake: no round trip.
+bool has_insert_returning(MYSQL* conn);
 
 /// Maps a MySQL/MariaDB server error number or Connector/C client error number to the library's error code.
 /// The one place where native codes become distrlock codes.
