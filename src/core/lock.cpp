@@ -54,11 +54,14 @@ bool Lock::acquire_once(const std::string& token, milliseconds ttl, const Call& 
                         std::error_code& ec, milliseconds* holder_left) {
   detail::OpContext ctx{deadline, call.stop, call.connection};
   const Clock::time_point sent_at = Clock::now();
+  detail::set_nothing_sent(false);
   const detail::AcquireResult r = state_->backend->try_acquire(ctx, key_, token, ttl, state_->options.owner, ec);
   if (ec) {
-    if (outcome_may_be_unknown(ec) && !call.connection) {
+    if (outcome_may_be_unknown(ec) && !detail::nothing_sent() && !call.connection) {
       // The grant may have happened: undo it with the same token, best effort, so the key is not left held
-      // for a whole TTL by nobody. A caller's connection is left alone: its transaction decides.
+      // for a whole TTL by nobody. A caller's connection is left alone: its transaction decides. When the
+      // backend knows nothing reached the database (no connection), nothing happened and nothing is undone:
+      // a held lease being refreshed stays as it was.
       std::error_code ignored;
       const std::string detail = detail::take_last_detail();
       const auto cleanup = std::min(state_->options.operation_timeout, milliseconds{1000});

@@ -22,10 +22,13 @@ namespace detail {
 
 namespace {
 thread_local std::string last_detail;
-}
+thread_local bool last_call_sent_nothing = false;
+}  // namespace
 
 void set_last_detail(std::string detail) { last_detail = std::move(detail); }
 std::string take_last_detail() { return std::exchange(last_detail, std::string()); }
+void set_nothing_sent(bool nothing_sent) noexcept { last_call_sent_nothing = nothing_sent; }
+bool nothing_sent() noexcept { return last_call_sent_nothing; }
 
 std::error_code fail(std::error_code& ec, errc e, std::string detail) {
   set_last_detail(std::move(detail));

@@ -22,6 +22,12 @@ namespace distrlock::detail {
 void set_last_detail(std::string detail);
 std::string take_last_detail();
 
+/// Whether the last failed backend call on this thread is known to have sent nothing to the database (no
+/// connection could be had, or the request never left): its outcome is then known, nothing changed. Backends
+/// set it where they know; the core clears it before a call and reads it right after, on the same thread.
+void set_nothing_sent(bool nothing_sent) noexcept;
+bool nothing_sent() noexcept;
+
 /// Sets `ec` to `e` with `detail` as its native text; returns ec.
 std::error_code fail(std::error_code& ec, errc e, std::string detail);
 /// Throws distrlock::error for `ec`, with the operation `what` and the last detail in its message.

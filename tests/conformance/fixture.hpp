@@ -41,7 +41,30 @@ class Conformance : public ::testing::TestWithParam<std::string> {
 
 /// The conformance cases that need a server process to stop, restart or cut off; an embedded database has
 /// none, so they run only for the backends in server_backend_names().
-class ServerConformance : public Conformance {};
+class ServerConformance : public Conformance {
+ protected:
+  struct AttemptWhileDown {
+    std::error_code ec;
+    distrlock::Clock::duration took{};
+    bool has_token = false;
+  };
+  /// One try_acquire on a fresh Manager while the server is stopped; the server is back up when this returns.
+  AttemptWhileDown try_acquire_while_the_server_is_down(std::chrono::milliseconds connect_timeout,
+                                                        std::chrono::milliseconds deadline) {
+    AttemptWhileDown out;
+    EXPECT_EQ(services("down", backend_->service), 0);
+    distrlock::Options o = options();
+    o.connect_timeout = connect_timeout;
+    auto fresh = distrlock::Manager::open(url_, o);
+    distrlock::Lock lock = fresh.lock(key());
+    const auto started = distrlock::Clock::now();
+    lock.try_acquire(std::chrono::seconds{30}, out.ec, distrlock::Call{.deadline = distrlock::Clock::now() + deadline});
+    out.took = distrlock::Clock::now() - started;
+    out.has_token = lock.token().has_value();
+    EXPECT_EQ(services("up", backend_->service), 0);
+    return out;
+  }
+};
 
 inline std::string backend_test_name(const ::testing::TestParamInfo<std::string>& info) { return info.param; }
 

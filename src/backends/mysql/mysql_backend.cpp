@@ -105,13 +105,13 @@ std::string micros(milliseconds d) { return std::to_string(d.count()) + "000"; }
 
 class MysqlBackend final : public Backend {
  public:
-  MysqlBackend(mysql::Endpoint endpoint, const Options& options, std::vector<std::string> table)
+  MysqlBackend(mysql::Endpoint where, const Options& options, std::vector<std::string> table)
       : table_parts_(std::move(table)),
         table_(quote_parts(table_parts_)),
         versions_table_(quote_parts(table_parts_, "_migrations")),
-        pool_(std::move(endpoint), options.pool_size, options.connect_timeout) {
+        pool_(options.pool_size, std::move(where), options.connect_timeout) {
     const std::string qualified = table_parts_.size() == 2 ? table_parts_[0] + "." + table_parts_[1]
-                                                           : pool_.endpoint().database + "." + table_parts_[0];
+                                                           : endpoint().database + "." + table_parts_[0];
     std::array<char, 16> hex{};
     const auto [end, err] = std::to_chars(hex.data(), hex.data() + hex.size(), fnv1a(qualified), 16);
     migration_lock_ = "distrlock_migrate_" + std::string(hex.data(), end);
@@ -183,13 +183,13 @@ class MysqlBackend final : public Backend {
     const std::string o = text_literal(owner);
     bool returning = false;
     const std::vector<Answer> answers = with_connection(ctx, ec, [&](MYSQL* conn, RunState& st) {
-      returning = pool_.endpoint().returning && mysql::has_insert_returning(conn);
+      returning = endpoint().returning && mysql::has_insert_returning(conn);
       std::string sql = fill(returning ? acquire_returning_sql_ : acquire_sql_,
                              {{"key", k}, {"token", t}, {"ttl_us", ttl_us}, {"owner", o}});
       // A caller's connection may not allow multi-statements, and inside its transaction a plain SELECT could
       // read an old snapshot anyway: there, a busy answer without RETURNING carries the time left but no owner.
       if (!returning && !ctx.connection) sql += fill(holder_sql_, {{"key", k}});
-      return mysql::run(conn, pool_.endpoint(), sql, ctx, ec, st);
+      return mysql::run(conn, endpoint(), sql, ctx, ec, st);
     });
     AcquireResult out;
     if (ec) return out;
@@ -380,7 +380,7 @@ class MysqlBackend final : public Backend {
     auto script = [&](MYSQL* conn, RunState& st) {
       const Exec run = [&](const std::string& sql) -> std::vector<Answer> {
         if (ec) return {};
-        return mysql::run(conn, pool_.endpoint(), sql, ctx, ec, st);
+        return mysql::run(conn, endpoint(), sql, ctx, ec, st);
       };
       const auto secs =
           std::max<std::int64_t>(0, std::chrono::ceil<std::chrono::seconds>(ctx.deadline - Clock::now()).count());
@@ -407,7 +407,7 @@ class MysqlBackend final : public Backend {
         RunState release_st;
         const OpContext release_ctx{std::max(ctx.deadline, Clock::now() + milliseconds{1000}), {}, ctx.connection};
         const std::string detail = ec ? take_last_detail() : std::string();
-        mysql::run(conn, pool_.endpoint(), "SELECT RELEASE_LOCK('" + migration_lock_ + "')", release_ctx, release_ec,
+        mysql::run(conn, endpoint(), "SELECT RELEASE_LOCK('" + migration_lock_ + "')", release_ctx, release_ec,
                    release_st);
         if (ec) set_last_detail(detail);
         if (release_st.broken) st.broken = true;
@@ -432,7 +432,10 @@ class MysqlBackend final : public Backend {
   std::vector<Answer> on_pool(const OpContext& ctx, std::error_code& ec, Body&& body) {
     for (int attempt = 0;; ++attempt) {
       mysql::Pool::Handle h = pool_.get(ctx, ec);
-      if (!h) return {};
+      if (!h) {
+        set_nothing_sent(true);
+        return {};
+      }
       RunState st;
       std::vector<Answer> answers = body(h->conn.get(), st);
       if (st.broken) h.discard();
@@ -440,6 +443,7 @@ class MysqlBackend final : public Backend {
         ec.clear();
         continue;
       }
+      if (ec && !st.sent) set_nothing_sent(true);
       return answers;
     }
   }
@@ -454,9 +458,11 @@ class MysqlBackend final : public Backend {
     return body(conn, st);
   }
 
+  const mysql::Endpoint& endpoint() const noexcept { return pool_.opener().endpoint; }
+
   std::vector<Answer> exec(const OpContext& ctx, const std::string& sql, std::error_code& ec) {
-    return with_connection(
-        ctx, ec, [&](MYSQL* conn, RunState& st) { return mysql::run(conn, pool_.endpoint(), sql, ctx, ec, st); });
+    return with_connection(ctx, ec,
+                           [&](MYSQL* conn, RunState& st) { return mysql::run(conn, endpoint(), sql, ctx, ec, st); });
   }
 
   const std::vector<std::string> table_parts_;

@@ -451,89 +451,19 @@ bool prepare_caller_connection(MYSQL* conn, std::error_code& ec) {
   return true;
 }
 
-Pool::Handle& Pool::Handle::operator=(Handle&& o) noexcept {
-  if (this != &o) {
-    if (conn_) pool_->put_back(std::move(conn_), true);
-    pool_ = o.pool_;
-    conn_ = std::move(o.conn_);
-  }
-  return *this;
+std::unique_ptr<Connection> Opener::open(const OpContext& ctx, std::error_code& ec) const {
+  ConnPtr conn = connect(endpoint, ctx.deadline, connect_timeout, ec);
+  if (!conn) return nullptr;
+  auto c = std::make_unique<Connection>();
+  c->conn = std::move(conn);
+  return c;
 }
 
-Pool::Handle::~Handle() {
-  if (conn_) pool_->put_back(std::move(conn_), true);
-}
-
-void Pool::Handle::discard() noexcept {
-  if (conn_) pool_->put_back(std::move(conn_), false);
-}
-
-void Pool::put_back(std::unique_ptr<Connection> c, bool healthy) noexcept {
+bool Opener::reusable(Connection& c) noexcept {
   unsigned int status = 0;
-  const bool keep = healthy && mysql_get_socket(c->conn.get()) >= 0 &&
-                    mariadb_get_infov(c->conn.get(), MARIADB_CONNECTION_SERVER_STATUS, &status) == 0 &&
-                    (status & SERVER_STATUS_IN_TRANS) == 0;
-  {
-    std::lock_guard lk(mu_);
-    if (keep) {
-      idle_.push_back(std::move(c));
-    } else {
-      --open_;
-    }
-  }
-  cv_.notify_one();
-  // A dropped connection closes here, outside the lock (closing rolls back anything left open).
-}
-
-Pool::Handle Pool::get(const OpContext& ctx, std::error_code& ec) {
-  std::unique_lock lk(mu_);
-  milliseconds backoff{50};
-  while (true) {
-    while (!idle_.empty()) {
-      std::unique_ptr<Connection> c = std::move(idle_.back());
-      idle_.pop_back();
-      // An idle connection has nothing to read unless the server closed it (KILL CONNECTION, a restart,
-      // wait_timeout): drop it before sending anything, so that a statement is only sent on a live connection.
-      pollfd p{mysql_get_socket(c->conn.get()), POLLIN, 0};
-      if (p.fd >= 0 && ::poll(&p, 1, 0) == 0) return Handle(this, std::move(c));
-      --open_;
-      lk.unlock();
-      c.reset();
-      lk.lock();
-    }
-    if (open_ < max_size_) {
-      ++open_;
-      lk.unlock();
-      while (true) {
-        std::error_code connect_ec;
-        ConnPtr conn = connect(endpoint_, ctx.deadline, connect_timeout_, connect_ec);
-        if (conn) {
-          auto c = std::make_unique<Connection>();
-          c->conn = std::move(conn);
-          return Handle(this, std::move(c));
-        }
-        const Clock::time_point retry_at = Clock::now() + backoff;
-        if (retry_at >= ctx.deadline || ctx.stop.stop_requested()) {
-          ec = connect_ec;  // detail was set by connect()
-          lk.lock();
-          --open_;
-          lk.unlock();
-          cv_.notify_one();
-          return Handle();
-        }
-        std::mutex sleep_mu;
-        std::unique_lock sleep_lk(sleep_mu);
-        std::condition_variable_any sleeper;
-        sleeper.wait_until(sleep_lk, ctx.stop, retry_at, [] { return false; });
-        backoff = std::min(backoff * 2, milliseconds{1000});
-      }
-    }
-    if (!cv_.wait_until(lk, ctx.stop, ctx.deadline, [this] { return !idle_.empty() || open_ < max_size_; })) {
-      fail(ec, ctx.stop.stop_requested() ? errc::cancelled : errc::timeout,
-           "no pooled connection became free before the deadline");
-      return Handle();
-    }
-  }
+  return mysql_get_socket(c.conn.get()) >= 0 &&
+         mariadb_get_infov(c.conn.get(), MARIADB_CONNECTION_SERVER_STATUS, &status) == 0 &&
+         (status & SERVER_STATUS_IN_TRANS) == 0;
 }
 
 }  // namespace distrlock::detail::mysql

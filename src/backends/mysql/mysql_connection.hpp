@@ -4,17 +4,15 @@
 
 #include <mysql.h>
 
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <vector>
 
 #include "core/backend.hpp"
-#include "core/thread_annotations.hpp"
+#include "core/pool.hpp"
 
 namespace distrlock::detail::mysql {
 
@@ -89,44 +87,22 @@ struct Connection {
   ConnPtr conn;
 };
 
-/// A bounded pool. Idle connections found closed by the server (KILL CONNECTION, a restart, wait_timeout) are
-/// dropped before use; new ones are opened with backoff until the call's deadline. A connection left inside a
-/// transaction (a packet that failed half-way) is closed rather than reused.
-class Pool {
- public:
-  Pool(Endpoint endpoint, std::size_t max_size, milliseconds connect_timeout)
-      : endpoint_(std::move(endpoint)), max_size_(max_size), connect_timeout_(connect_timeout) {}
+/// How the pool opens and checks connections (see core/pool.hpp).
+struct Opener {
+  using Connection = mysql::Connection;
+  static constexpr bool retry_open = true;  // the server may be restarting: retry until the deadline
+  static constexpr std::string_view noun = "connection";
 
-  /// Lends a connection; it returns to the pool when the Handle dies, unless discard() was called.
-  class Handle {
-   public:
-    Handle() = default;
-    Handle(Pool* pool, std::unique_ptr<Connection> c) : pool_(pool), conn_(std::move(c)) {}
-    Handle(Handle&& o) noexcept = default;
-    Handle& operator=(Handle&& o) noexcept;
-    ~Handle();
-    Connection* operator->() const noexcept { return conn_.get(); }
-    explicit operator bool() const noexcept { return conn_ != nullptr; }
-    void discard() noexcept;
+  Endpoint endpoint;
+  milliseconds connect_timeout;
 
-   private:
-    Pool* pool_ = nullptr;
-    std::unique_ptr<Connection> conn_;
-  };
-
-  Handle get(const OpContext& ctx, std::error_code& ec);
-  const Endpoint& endpoint() const noexcept { return endpoint_; }
-
- private:
-  void put_back(std::unique_ptr<Connection> c, bool healthy) noexcept;
-
-  const Endpoint endpoint_;
-  const std::size_t max_size_;
-  const milliseconds connect_timeout_;
-  std::mutex mu_;
-  std::condition_variable_any cv_;
-  std::vector<std::unique_ptr<Connection>> idle_ GUARDED_BY(mu_);
-  std::size_t open_ GUARDED_BY(mu_) = 0;  // idle + lent + being opened
+  std::unique_ptr<Connection> open(const OpContext& ctx, std::error_code& ec) const;
+  static bool alive(Connection& c) noexcept { return idle_socket_is_open(mysql_get_socket(c.conn.get())); }
+  /// Not broken, and not left inside a transaction (a packet that failed half-way): closing rolls it back.
+  static bool reusable(Connection& c) noexcept;
+  static void lend(Connection&, const OpContext*) noexcept {}
 };
+
+using Pool = detail::Pool<Opener>;
 
 }  // namespace distrlock::detail::mysql

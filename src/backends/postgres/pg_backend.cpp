@@ -21,7 +21,7 @@ constexpr Oid text_oid = 25;
 
 enum Stmt : std::size_t { acquire_stmt, extend_stmt, release_stmt, extend_many_stmt, inspect_stmt, stmt_count };
 constexpr const char* stmt_names[stmt_count] = {"distrlock_acquire", "distrlock_extend", "distrlock_release",
-                                                 "distrlock_extend_many", "distrlock_inspect"};
+                                                "distrlock_extend_many", "distrlock_inspect"};
 static_assert(stmt_count <= pg::Connection::max_statements);
 
 std::string quote_parts(const std::vector<std::string>& parts, std::string_view suffix = {}) {
@@ -49,7 +49,7 @@ class PostgresBackend final : public Backend {
   PostgresBackend(std::string conninfo, const Options& options, std::vector<std::string> table)
       : table_parts_(std::move(table)),
         table_(quote_parts(table_parts_)),
-        pool_(std::move(conninfo), options.pool_size, options.connect_timeout) {
+        pool_(options.pool_size, std::move(conninfo), options.connect_timeout) {
     const std::string ttl = "$3::float8 * interval '1 millisecond'";
     // Acquire: one upsert that takes the row when it is free, expired, or already ours; when it is not, the
     // same statement returns the holder instead. Expiry is clock_timestamp() (not now(), which is the
@@ -79,12 +79,15 @@ class PostgresBackend final : public Backend {
     // two holders in. Grants and extensions stay synchronous: losing one of those could. A caller's
     // connection keeps the plain statement, since the setting would cover the caller's whole transaction.
     const std::string pooled_release = "UPDATE " + table_ + release_set +
-        " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed" + release_where;
+                                       " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed" +
+                                       release_where;
     // $1 NULL lists every key.
-    sql_[inspect_stmt] = "SELECT encode(key, 'hex'), token IS NOT NULL AND expires > clock_timestamp(), "
-                         "coalesce(owner, ''), fence, greatest(0, " + millis_left("expires") + ") FROM " + table_ +
-                         " WHERE $1::text[] IS NULL OR key IN (SELECT decode(k, 'hex') FROM unnest($1::text[]) k) "
-                         "ORDER BY key";
+    sql_[inspect_stmt] =
+        "SELECT encode(key, 'hex'), token IS NOT NULL AND expires > clock_timestamp(), "
+        "coalesce(owner, ''), fence, greatest(0, " +
+        millis_left("expires") + ") FROM " + table_ +
+        " WHERE $1::text[] IS NULL OR key IN (SELECT decode(k, 'hex') FROM unnest($1::text[]) k) "
+        "ORDER BY key";
     pool_sql_ = sql_;
     pool_sql_[release_stmt] = pooled_release;
   }
@@ -184,25 +187,25 @@ class PostgresBackend final : public Backend {
   }
 
   std::vector<Migration> migrations() const override {
-    return {Migration{
-        1, "0001_create_lock_table",
-        "CREATE TABLE IF NOT EXISTS " + table_ +
-            " (\n"
-            "  key     bytea PRIMARY KEY CHECK (octet_length(key) BETWEEN 1 AND 255),\n"
-            "  token   bytea CHECK (octet_length(token) BETWEEN 1 AND 128),\n"
-            "  fence   bigint NOT NULL,\n"
-            "  expires timestamptz NOT NULL,\n"
-            "  owner   text\n"
-            ")",
-        "DROP TABLE IF EXISTS " + table_}};
+    return {Migration{1, "0001_create_lock_table",
+                      "CREATE TABLE IF NOT EXISTS " + table_ +
+                          " (\n"
+                          "  key     bytea PRIMARY KEY CHECK (octet_length(key) BETWEEN 1 AND 255),\n"
+                          "  token   bytea CHECK (octet_length(token) BETWEEN 1 AND 128),\n"
+                          "  fence   bigint NOT NULL,\n"
+                          "  expires timestamptz NOT NULL,\n"
+                          "  owner   text\n"
+                          ")",
+                      "DROP TABLE IF EXISTS " + table_}};
   }
 
   void migrate(const OpContext& ctx, std::error_code& ec) override {
     std::string body;
     for (const Migration& m : migrations()) {
-      body += "DO $distrlock$ BEGIN IF NOT EXISTS (SELECT 1 FROM " + versions_table() + " WHERE version = " +
-              std::to_string(m.version) + ") THEN\n" + m.up + ";\nINSERT INTO " + versions_table() +
-              " (version, id) VALUES (" + std::to_string(m.version) + ", '" + m.id + "');\nEND IF; END $distrlock$;\n";
+      body += "DO $distrlock$ BEGIN IF NOT EXISTS (SELECT 1 FROM " + versions_table() +
+              " WHERE version = " + std::to_string(m.version) + ") THEN\n" + m.up + ";\nINSERT INTO " +
+              versions_table() + " (version, id) VALUES (" + std::to_string(m.version) + ", '" + m.id +
+              "');\nEND IF; END $distrlock$;\n";
     }
     run_migration_script(ctx, body, ec);
   }
@@ -211,9 +214,9 @@ class PostgresBackend final : public Backend {
     std::string body;
     const std::vector<Migration> all = migrations();
     for (auto m = all.rbegin(); m != all.rend(); ++m) {
-      body += "DO $distrlock$ BEGIN IF EXISTS (SELECT 1 FROM " + versions_table() + " WHERE version = " +
-              std::to_string(m->version) + ") THEN\n" + m->down + ";\nDELETE FROM " + versions_table() +
-              " WHERE version = " + std::to_string(m->version) + ";\nEND IF; END $distrlock$;\n";
+      body += "DO $distrlock$ BEGIN IF EXISTS (SELECT 1 FROM " + versions_table() +
+              " WHERE version = " + std::to_string(m->version) + ") THEN\n" + m->down + ";\nDELETE FROM " +
+              versions_table() + " WHERE version = " + std::to_string(m->version) + ";\nEND IF; END $distrlock$;\n";
     }
     body += "DROP TABLE " + versions_table() + ";\n";
     run_migration_script(ctx, body, ec);
@@ -228,7 +231,8 @@ class PostgresBackend final : public Backend {
     const std::string locked = "SELECT pg_advisory_xact_lock(7242018419356113);\nCREATE TABLE IF NOT EXISTS " +
                                versions_table() +
                                " (version int PRIMARY KEY, id text NOT NULL, "
-                               "applied_at timestamptz NOT NULL DEFAULT clock_timestamp());\n" + body;
+                               "applied_at timestamptz NOT NULL DEFAULT clock_timestamp());\n" +
+                               body;
     const std::string script = ctx.connection ? locked : "BEGIN;\n" + locked + "COMMIT;";
     auto send = [&script](PGconn* c) { return PQsendQuery(c, script.c_str()); };
     if (ctx.connection) {
@@ -253,14 +257,18 @@ class PostgresBackend final : public Backend {
   ResultPtr on_pool(const OpContext& ctx, std::error_code& ec, Body&& body) {
     for (int attempt = 0;; ++attempt) {
       pg::Pool::Handle h = pool_.get(ctx, ec);
-      if (!h) return nullptr;
+      if (!h) {
+        set_nothing_sent(true);
+        return nullptr;
+      }
       RunState st;
-      ResultPtr r = body(*h.operator->(), st);
+      ResultPtr r = body(*h, st);
       if (st.broken) h.discard();
       if (ec && !st.sent && st.broken && attempt == 0) {
         ec.clear();
         continue;
       }
+      if (ec && !st.sent) set_nothing_sent(true);
       return r;
     }
   }
@@ -285,15 +293,16 @@ class PostgresBackend final : public Backend {
     const std::string& pooled = pool_sql_[id];
     return on_pool(ctx, ec, [&](pg::Connection& c, RunState& st) -> ResultPtr {
       if (!c.prepared[id]) {
-        pg::run(c.conn.get(), [&](PGconn* pc) { return PQsendPrepare(pc, stmt_names[id], pooled.c_str(), n, types[id]); },
-                ctx, ec, st);
+        pg::run(
+            c.conn.get(), [&](PGconn* pc) { return PQsendPrepare(pc, stmt_names[id], pooled.c_str(), n, types[id]); },
+            ctx, ec, st);
         if (ec) return nullptr;
         c.prepared[id] = true;
       }
       return pg::run(
           c.conn.get(),
-          [&](PGconn* pc) { return PQsendQueryPrepared(pc, stmt_names[id], n, values, lengths, formats, 0); }, ctx,
-          ec, st);
+          [&](PGconn* pc) { return PQsendQueryPrepared(pc, stmt_names[id], n, values, lengths, formats, 0); }, ctx, ec,
+          st);
     });
   }
 

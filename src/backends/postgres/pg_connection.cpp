@@ -89,8 +89,10 @@ ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpCon
       PGresult* r = PQgetResult(conn);
       if (r == nullptr) break;  // the command is complete
       const bool failed = PQresultStatus(r) == PGRES_FATAL_ERROR;
-      if (!kept || (failed && PQresultStatus(kept.get()) != PGRES_FATAL_ERROR)) kept.reset(r);
-      else PQclear(r);
+      if (!kept || (failed && PQresultStatus(kept.get()) != PGRES_FATAL_ERROR))
+        kept.reset(r);
+      else
+        PQclear(r);
       continue;
     }
     const Clock::time_point now = Clock::now();
@@ -159,91 +161,17 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
   }
   // Server notices (e.g. "relation already exists, skipping" from an idempotent migrate) are not errors
   // and must not reach the application's stderr through libpq's default processor.
-  PQsetNoticeProcessor(conn.get(), [](void*, const char*) {}, nullptr);
+  PQsetNoticeProcessor(
+      conn.get(), [](void*, const char*) {}, nullptr);
   return conn;
 }
 
-Pool::Handle& Pool::Handle::operator=(Handle&& o) noexcept {
-  if (this != &o) {
-    if (conn_) pool_->put_back(std::move(conn_), true);
-    pool_ = o.pool_;
-    conn_ = std::move(o.conn_);
-  }
-  return *this;
-}
-
-Pool::Handle::~Handle() {
-  if (conn_) pool_->put_back(std::move(conn_), true);
-}
-
-void Pool::Handle::discard() noexcept {
-  if (conn_) pool_->put_back(std::move(conn_), false);
-}
-
-void Pool::put_back(std::unique_ptr<Connection> c, bool healthy) noexcept {
-  const bool keep = healthy && PQstatus(c->conn.get()) == CONNECTION_OK &&
-                    PQtransactionStatus(c->conn.get()) == PQTRANS_IDLE;
-  {
-    std::lock_guard lk(mu_);
-    if (keep) {
-      idle_.push_back(std::move(c));
-    } else {
-      --open_;
-    }
-  }
-  cv_.notify_one();
-  // A dropped connection closes here, outside the lock.
-}
-
-Pool::Handle Pool::get(const OpContext& ctx, std::error_code& ec) {
-  std::unique_lock lk(mu_);
-  milliseconds backoff{50};
-  while (true) {
-    while (!idle_.empty()) {
-      std::unique_ptr<Connection> c = std::move(idle_.back());
-      idle_.pop_back();
-      // An idle connection has nothing to read unless the server closed it (terminated backend, restart):
-      // drop it before sending anything, so that a statement is only ever sent on a live connection.
-      pollfd p{PQsocket(c->conn.get()), POLLIN, 0};
-      if (p.fd >= 0 && ::poll(&p, 1, 0) == 0) return Handle(this, std::move(c));
-      --open_;
-      lk.unlock();
-      c.reset();
-      lk.lock();
-    }
-    if (open_ < max_size_) {
-      ++open_;
-      lk.unlock();
-      while (true) {
-        std::error_code connect_ec;
-        ConnPtr conn = connect(conninfo_, ctx.deadline, connect_timeout_, connect_ec);
-        if (conn) {
-          auto c = std::make_unique<Connection>();
-          c->conn = std::move(conn);
-          return Handle(this, std::move(c));
-        }
-        const Clock::time_point retry_at = Clock::now() + backoff;
-        if (retry_at >= ctx.deadline || ctx.stop.stop_requested()) {
-          ec = connect_ec;  // detail was set by connect()
-          lk.lock();
-          --open_;
-          lk.unlock();
-          cv_.notify_one();
-          return Handle();
-        }
-        std::mutex sleep_mu;
-        std::unique_lock sleep_lk(sleep_mu);
-        std::condition_variable_any sleeper;
-        sleeper.wait_until(sleep_lk, ctx.stop, retry_at, [] { return false; });
-        backoff = std::min(backoff * 2, milliseconds{1000});
-      }
-    }
-    if (!cv_.wait_until(lk, ctx.stop, ctx.deadline, [this] { return !idle_.empty() || open_ < max_size_; })) {
-      fail(ec, ctx.stop.stop_requested() ? errc::cancelled : errc::timeout,
-           "no pooled connection became free before the deadline");
-      return Handle();
-    }
-  }
+std::unique_ptr<Connection> Opener::open(const OpContext& ctx, std::error_code& ec) const {
+  ConnPtr conn = connect(conninfo, ctx.deadline, connect_timeout, ec);
+  if (!conn) return nullptr;
+  auto c = std::make_unique<Connection>();
+  c->conn = std::move(conn);
+  return c;
 }
 
 }  // namespace distrlock::detail::pg

@@ -4,16 +4,14 @@
 #include <libpq-fe.h>
 
 #include <array>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
+#include <string_view>
 #include <system_error>
-#include <vector>
 
 #include "core/backend.hpp"
-#include "core/thread_annotations.hpp"
+#include "core/pool.hpp"
 
 namespace distrlock::detail::pg {
 
@@ -54,42 +52,24 @@ struct Connection {
   std::array<bool, max_statements> prepared{};
 };
 
-/// A bounded pool. Idle connections found closed by the server are dropped before use; new ones are opened
-/// with backoff until the call's deadline.
-class Pool {
- public:
-  Pool(std::string conninfo, std::size_t max_size, milliseconds connect_timeout)
-      : conninfo_(std::move(conninfo)), max_size_(max_size), connect_timeout_(connect_timeout) {}
+/// How the pool opens and checks connections (see core/pool.hpp).
+struct Opener {
+  using Connection = pg::Connection;
+  static constexpr bool retry_open = true;  // the server may be restarting: retry until the deadline
+  static constexpr std::string_view noun = "connection";
 
-  /// Lends a connection; it returns to the pool when the Handle dies, unless discard() was called.
-  class Handle {
-   public:
-    Handle() = default;
-    Handle(Pool* pool, std::unique_ptr<Connection> c) : pool_(pool), conn_(std::move(c)) {}
-    Handle(Handle&& o) noexcept = default;
-    Handle& operator=(Handle&& o) noexcept;
-    ~Handle();
-    Connection* operator->() const noexcept { return conn_.get(); }
-    explicit operator bool() const noexcept { return conn_ != nullptr; }
-    void discard() noexcept;
+  std::string conninfo;
+  milliseconds connect_timeout;
 
-   private:
-    Pool* pool_ = nullptr;
-    std::unique_ptr<Connection> conn_;
-  };
-
-  Handle get(const OpContext& ctx, std::error_code& ec);
-
- private:
-  void put_back(std::unique_ptr<Connection> c, bool healthy) noexcept;
-
-  const std::string conninfo_;
-  const std::size_t max_size_;
-  const milliseconds connect_timeout_;
-  std::mutex mu_;
-  std::condition_variable_any cv_;
-  std::vector<std::unique_ptr<Connection>> idle_ GUARDED_BY(mu_);
-  std::size_t open_ GUARDED_BY(mu_) = 0;  // idle + lent + being opened
+  std::unique_ptr<Connection> open(const OpContext& ctx, std::error_code& ec) const;
+  static bool alive(Connection& c) noexcept { return idle_socket_is_open(PQsocket(c.conn.get())); }
+  /// Not left inside a transaction, and not broken.
+  static bool reusable(Connection& c) noexcept {
+    return PQstatus(c.conn.get()) == CONNECTION_OK && PQtransactionStatus(c.conn.get()) == PQTRANS_IDLE;
+  }
+  static void lend(Connection&, const OpContext*) noexcept {}
 };
+
+using Pool = detail::Pool<Opener>;
 
 }  // namespace distrlock::detail::pg

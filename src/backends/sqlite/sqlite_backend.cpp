@@ -113,7 +113,7 @@ class SqliteBackend final : public Backend {
       : table_parts_(std::move(table)),
         table_(quote_parts(table_parts_)),
         versions_(quote_parts(table_parts_, "_migrations")),
-        pool_(path, options.pool_size, [logger = options.logger, path](const std::string& mode) {
+        pool_(options.pool_size, path, [logger = options.logger, path](const std::string& mode) {
           try {
             logger(LogLevel::warning, "the SQLite database " + path +
                                           " could not be switched to WAL mode (it is in \"" + mode +
@@ -354,7 +354,10 @@ class SqliteBackend final : public Backend {
       return;
     }
     sqlite::Pool::Handle h = pool_.get(ctx, ec);
-    if (!h) return;
+    if (!h) {
+      set_nothing_sent(true);  // the file could not be opened, or no handle came free before the deadline
+      return;
+    }
     {
       Session s(*h.operator->());
       body(s);

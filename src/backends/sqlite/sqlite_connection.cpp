@@ -226,36 +226,7 @@ void make_parent_directories(const std::string& path, std::error_code& ec) {
   }
 }
 
-Pool::Handle::Handle(Pool* pool, std::unique_ptr<Connection> c, const OpContext& ctx)
-    : pool_(pool), conn_(std::move(c)) {
-  conn_->watch.ctx = &ctx;
-}
-
-Pool::Handle::~Handle() {
-  if (conn_) pool_->put_back(std::move(conn_), true);
-}
-
-void Pool::Handle::discard() noexcept {
-  if (conn_) pool_->put_back(std::move(conn_), false);
-}
-
-void Pool::put_back(std::unique_ptr<Connection> c, bool healthy) noexcept {
-  c->watch.ctx = nullptr;
-  // A handle left inside a transaction (a failed ROLLBACK) would hold the database lock: never reuse it.
-  const bool keep = healthy && sqlite3_get_autocommit(c->db.get()) != 0;
-  {
-    std::lock_guard lk(mu_);
-    if (keep) {
-      idle_.push_back(std::move(c));
-    } else {
-      --open_;
-    }
-  }
-  cv_.notify_one();
-  // A dropped handle closes here, outside the lock.
-}
-
-std::unique_ptr<Connection> Pool::open(const OpContext& ctx, std::error_code& ec) {
+std::unique_ptr<Connection> Opener::open(const OpContext& ctx, std::error_code& ec) {
   make_parent_directories(path_, ec);
   if (ec) return nullptr;
   auto c = std::make_unique<Connection>();
@@ -282,32 +253,6 @@ std::unique_ptr<Connection> Pool::open(const OpContext& ctx, std::error_code& ec
   const std::string journal = mode.empty() || mode[0].empty() ? std::string("unknown") : mode[0][0].bytes;
   if (journal != "wal" && warn_) std::call_once(warned_, warn_, journal);
   return c;
-}
-
-Pool::Handle Pool::get(const OpContext& ctx, std::error_code& ec) {
-  std::unique_lock lk(mu_);
-  while (true) {
-    if (!idle_.empty()) {
-      std::unique_ptr<Connection> c = std::move(idle_.back());
-      idle_.pop_back();
-      return Handle(this, std::move(c), ctx);
-    }
-    if (open_ < max_size_) {
-      ++open_;
-      lk.unlock();
-      std::unique_ptr<Connection> c = open(ctx, ec);
-      if (c) return Handle(this, std::move(c), ctx);
-      lk.lock();
-      --open_;
-      lk.unlock();
-      cv_.notify_one();
-      return Handle();
-    }
-    if (!cv_.wait_until(lk, ctx.stop, ctx.deadline, [this] { return !idle_.empty() || open_ < max_size_; })) {
-      fail(ec, wait_reason(ctx), "no pooled SQLite handle became free before the deadline");
-      return Handle();
-    }
-  }
 }
 
 CallerHandlers::CallerHandlers(sqlite3* db, const OpContext& ctx) : db_(db) {

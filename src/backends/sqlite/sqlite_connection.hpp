@@ -12,7 +12,6 @@
 #include <sqlite3.h>
 
 #include <array>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -23,7 +22,7 @@
 #include <vector>
 
 #include "core/backend.hpp"
-#include "core/thread_annotations.hpp"
+#include "core/pool.hpp"
 
 namespace distrlock::detail::sqlite {
 
@@ -97,47 +96,29 @@ struct Connection {
 /// Called once per process and file when the database could not be switched to WAL mode.
 using WalWarning = std::function<void(const std::string& journal_mode)>;
 
-/// A bounded pool of handles on one file, opened lazily. Each handle is used by one thread at a time.
-class Pool {
+/// How the pool opens handles on one file (see core/pool.hpp). Each handle is used by one thread at a time;
+/// while lent, its watch points at the call's context.
+class Opener {
  public:
-  Pool(std::string path, std::size_t max_size, WalWarning warn)
-      : path_(std::move(path)), max_size_(max_size), warn_(std::move(warn)) {}
+  using Connection = sqlite::Connection;
+  static constexpr bool retry_open = false;  // a file that cannot be opened now will not be openable in 50 ms
+  static constexpr std::string_view noun = "SQLite handle";
 
-  /// Lends a handle; it returns to the pool when the Handle dies, unless discard() was called. While lent,
-  /// the handle's watch points at the call's context.
-  class Handle {
-   public:
-    Handle() = default;
-    Handle(Pool* pool, std::unique_ptr<Connection> c, const OpContext& ctx);
-    Handle(Handle&& o) noexcept = default;
-    Handle& operator=(Handle&& o) = delete;
-    Handle(const Handle&) = delete;
-    Handle& operator=(const Handle&) = delete;
-    ~Handle();
-    Connection* operator->() const noexcept { return conn_.get(); }
-    explicit operator bool() const noexcept { return conn_ != nullptr; }
-    void discard() noexcept;
+  Opener(std::string path, WalWarning warn) : path_(std::move(path)), warn_(std::move(warn)) {}
 
-   private:
-    Pool* pool_ = nullptr;
-    std::unique_ptr<Connection> conn_;
-  };
-
-  Handle get(const OpContext& ctx, std::error_code& ec);
+  std::unique_ptr<Connection> open(const OpContext& ctx, std::error_code& ec);
+  static bool alive(Connection&) noexcept { return true; }
+  /// A handle left inside a transaction (a failed ROLLBACK) would hold the database lock: never reused.
+  static bool reusable(Connection& c) noexcept { return sqlite3_get_autocommit(c.db.get()) != 0; }
+  static void lend(Connection& c, const OpContext* ctx) noexcept { c.watch.ctx = ctx; }
 
  private:
-  std::unique_ptr<Connection> open(const OpContext& ctx, std::error_code& ec);
-  void put_back(std::unique_ptr<Connection> c, bool healthy) noexcept;
-
   const std::string path_;
-  const std::size_t max_size_;
   const WalWarning warn_;
   std::once_flag warned_;
-  std::mutex mu_;
-  std::condition_variable_any cv_;
-  std::vector<std::unique_ptr<Connection>> idle_ GUARDED_BY(mu_);
-  std::size_t open_ GUARDED_BY(mu_) = 0;  // idle + lent + being opened
 };
+
+using Pool = detail::Pool<Opener>;
 
 /// Lends our busy and progress handlers to a caller's handle for one call. SQLite cannot report the
 /// handlers a handle had, so on the way out the handle gets back its busy timeout (read with
