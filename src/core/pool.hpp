@@ -102,7 +102,17 @@ class Pool {
       if (open_ < max_size_) {
         ++open_;
         lk.unlock();
-        if (std::unique_ptr<Connection> c = open_with_backoff(ctx, ec)) return Handle(this, std::move(c), ctx);
+        std::unique_ptr<Connection> c;
+        try {
+          c = open_with_backoff(ctx, ec);
+        } catch (...) {  // out of memory: the slot must not stay counted
+          lk.lock();
+          --open_;
+          lk.unlock();
+          cv_.notify_one();
+          throw;
+        }
+        if (c) return Handle(this, std::move(c), ctx);
         lk.lock();
         --open_;
         lk.unlock();

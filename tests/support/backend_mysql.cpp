@@ -114,7 +114,7 @@ BackendUnderTest mysql_backend_under_test() {
 BackendUnderTest mysql_portable_backend_under_test() {
   BackendUnderTest b = mysql_backend_under_test();
   b.name = "mysql_portable";
-  b.url_suffix = "?returning=off";
+  b.url_suffix = "returning=off";
   return b;
 }
 

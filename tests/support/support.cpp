@@ -90,7 +90,9 @@ std::string server_url(const BackendUnderTest& b) {
                   << ")\"` or run scripts/test";
     return {};
   }
-  return v + b.url_suffix;
+  std::string url = v;
+  if (!b.url_suffix.empty()) url += (url.find('?') == std::string::npos ? "?" : "&") + b.url_suffix;
+  return url;
 }
 
 std::string unique_key(std::string_view hint) { return "test/" + std::string(hint) + "/" + random_suffix(); }

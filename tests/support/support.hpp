@@ -37,7 +37,7 @@ struct BackendUnderTest {
   /// SQL that opens a transaction at each isolation level the backend offers.
   std::vector<std::pair<std::string, std::string>> isolation_levels;
   std::function<std::unique_ptr<CallerSession>(const std::string& url)> open_session;
-  std::string url_suffix;  // appended to the server's URL, e.g. "?returning=off"
+  std::string url_suffix;  // a URL parameter added to the server's URL, e.g. "returning=off"
 };
 
 /// Each backend's entry, defined in support/backend_<name>.cpp.

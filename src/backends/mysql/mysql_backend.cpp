@@ -336,13 +336,19 @@ class MysqlBackend final : public Backend {
       return out;
     }
     const unsigned long* lengths = mysql_fetch_lengths(res);
-    if (field(row, lengths, 0) != "1") {
+    const std::string_view ours = field(row, lengths, 0);
+    if (ours == "0") {
       out.expires_in = milliseconds{int_field(row, lengths, 2)};
       out.holder = std::string(field(row, lengths, 3));
       return out;
     }
+    const std::int64_t fence = int_field(row, lengths, 1);
+    if (ours != "1" || fence <= 0) {
+      fail(ec, errc::backend_error, "the acquire statement returned an unexpected row");
+      return out;
+    }
     out.granted = true;
-    out.fence = int_field(row, lengths, 1);
+    out.fence = fence;
     out.expires_in = ttl;  // expires = the statement's now + ttl
     return out;
   }
