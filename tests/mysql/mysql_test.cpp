@@ -34,8 +34,10 @@ class Sql {
   explicit Sql(const std::string& url) : conn_(connect(url, 0)) {}
 
   /// A blocking connection to mysql://user[:password]@host:port/database, as scripts/services prints it.
-  static MYSQL* connect(const std::string& url, unsigned long flags) {
+  static MYSQL* connect(const std::string& url, unsigned long flags, bool tls = false) {
     MYSQL* conn = mysql_init(nullptr);
+    const my_bool yes = 1;
+    if (tls) mysql_options(conn, MYSQL_OPT_SSL_ENFORCE, &yes);
     std::string rest = url.substr(url.find("://") + 3);
     const std::size_t slash = rest.find('/');
     const std::string database = rest.substr(slash + 1);
@@ -786,10 +788,13 @@ TEST_F(Mysql, MariadbUrlsAndPercentEncodedPasswordsWork) {
 }
 
 TEST_F(Mysql, BadUrlsAreInvalidArgumentsThatMaskThePassword) {
-  for (const std::string url : {"mysql://user:hunter2@host:99999/db", "mysql://user:hunter2@host:port/db",
-                                "mysql://user:hunter2@host/db?sslmode=require", "mysql://user:hunter2@host/a/b",
-                                "mariadb://user:hunter2@[::1/db", "mysql://user:hunter2%zz@host/db",
-                                "mysql://user:hunter2@host/db?returning=on"}) {
+  for (const std::string url :
+       {"mysql://user:hunter2@host:99999/db", "mysql://user:hunter2@host:port/db",
+        "mysql://user:hunter2@host/db?sslmode=require", "mysql://user:hunter2@host/a/b",
+        "mariadb://user:hunter2@[::1/db", "mysql://user:hunter2%zz@host/db",
+        "mysql://user:hunter2@host/db?returning=on", "mysql://user:hunter2@host/db?ssl-mode=on",
+        "mysql://user:hunter2@host/db?ssl-cert=/c.pem", "mysql://user:hunter2@host/db?ssl-mode=disabled&ssl-ca=/ca.pem",
+        "mysql://user:hunter2@host/db?ssl-ca="}) {
     std::error_code ec;
     distrlock::Manager::open(url, {}, ec);
     EXPECT_EQ(ec, errc::invalid_argument) << url;
@@ -800,6 +805,112 @@ TEST_F(Mysql, BadUrlsAreInvalidArgumentsThatMaskThePassword) {
       EXPECT_EQ(std::string(e.what()).find("hunter2"), std::string::npos) << e.what();
     }
   }
+}
+
+/// A user the server only lets in over TLS, and the URL parts to log in as them.
+class MysqlTls : public Mysql {
+ protected:
+  void SetUp() override {
+    Mysql::SetUp();
+    const char* ca = std::getenv("DISTRLOCK_TEST_MYSQL_CA");
+    ca_ = ca == nullptr ? "" : ca;
+    ASSERT_FALSE(ca_.empty()) << "DISTRLOCK_TEST_MYSQL_CA is not set: scripts/services start mariadb sets it";
+    user_ = "tls_" + unique_table().substr(2, 12);
+    admin_->rows("CREATE USER '" + user_ + "'@'127.0.0.1' IDENTIFIED BY 'secret' REQUIRE SSL");
+    admin_->rows("GRANT ALL ON distrlock_test.* TO '" + user_ + "'@'127.0.0.1'");
+  }
+  void TearDown() override {
+    if (!user_.empty()) admin_->rows("DROP USER '" + user_ + "'@'127.0.0.1'");
+  }
+  /// The test server's URL, logged in as the TLS-only user, with `query` appended.
+  std::string tls_url(const std::string& query) const {
+    return "mysql://" + user_ + ":secret@127.0.0.1:" + url_port(url_) + "/distrlock_test" + query;
+  }
+  /// A self-signed CA that has signed nothing, made with openssl in `dir`.
+  static std::string unrelated_ca(const std::filesystem::path& dir) {
+    std::filesystem::create_directories(dir);
+    const std::string cmd =
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+        "-subj '/CN=some other CA' -keyout '" +
+        (dir / "key.pem").string() + "' -out '" + (dir / "ca.pem").string() + "' >/dev/null 2>&1";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    return (dir / "ca.pem").string();
+  }
+
+  std::string ca_;
+  std::string user_;
+};
+
+TEST_F(MysqlTls, AUserWhoMustUseTlsGetsInWithSslModeRequiredAndIsRefusedWithout) {
+  auto plain = open({}, tls_url(""));
+  std::error_code ec;
+  plain.lock(key_).try_acquire(30s, ec, Call{.deadline = Clock::now() + 2s});
+  EXPECT_EQ(ec, errc::unavailable) << ec.message();
+
+  auto encrypted = open({}, tls_url("?ssl-mode=required"));
+  distrlock::Lock lock = encrypted.lock(key_);
+  EXPECT_TRUE(lock.try_acquire(30s));
+  lock.release();
+}
+
+TEST_F(MysqlTls, VerifyIdentityConnectsWhenTheCertificateChainsToTheGivenCaAndNamesTheHost) {
+  auto m = open({}, tls_url("?ssl-mode=verify-identity&ssl-ca=" + ca_));
+  distrlock::Lock lock = m.lock(key_);
+  EXPECT_TRUE(lock.try_acquire(30s));
+  lock.release();
+}
+
+TEST_F(MysqlTls, VerifyIdentityRefusesAServerWhoseCertificateDoesNotChainToTheGivenCa) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("distrlock-ca-" + user_);
+  const std::string other = unrelated_ca(dir);
+  auto m = open({}, tls_url("?ssl-mode=verify-identity&ssl-ca=" + other));
+  try {
+    m.lock(key_).try_acquire(30s, Call{.deadline = Clock::now() + 1s});
+    ADD_FAILURE() << "a server certificate from another CA was accepted";
+  } catch (const distrlock::error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable);
+    EXPECT_NE(std::string(e.what()).find("certificate"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(MysqlTls, AStatementPastItsDeadlineOnATlsConnectionIsKilledOverTls) {
+  // The KILL QUERY goes over a connection of its own, which must use TLS too for a TLS-only user.
+  auto m = open({}, tls_url("?ssl-mode=required"));
+  auto blocker_session = session();
+  blocker_session->query("START TRANSACTION");
+  distrlock::Lock blocker = manager_->lock(key_);
+  ASSERT_TRUE(blocker.try_acquire(30s, Call{.connection = blocker_session->native()}));
+  distrlock::Lock waiter = m.lock(key_);
+  std::error_code ec;
+  const auto started = Clock::now();
+  EXPECT_FALSE(waiter.try_acquire(30s, ec, Call{.deadline = Clock::now() + 300ms}));
+  EXPECT_EQ(ec, errc::timeout) << ec.message();
+  EXPECT_LT(Clock::now() - started, 2s) << "the statement was not killed: it ran into the 2 s grace";
+  blocker_session->query("ROLLBACK");
+  EXPECT_TRUE(waiter.try_acquire(30s));
+}
+
+TEST_F(MysqlTls, OnACallersTlsConnectionAStatementPastItsDeadlineIsKilledAndTheCallerCanGoOn) {
+  MYSQL* conn = Sql::connect(tls_url(""), 0, /*tls=*/true);
+  ASSERT_NE(mysql_get_ssl_cipher(conn), nullptr) << "the caller's connection did not use TLS";
+  const Call on_it{.deadline = Clock::now() + 300ms, .connection = distrlock::NativeConnection::mysql(conn)};
+  auto m = open({}, tls_url("?ssl-mode=required"));  // the KILL QUERY uses the Manager's URL
+  auto blocker_session = session();
+  blocker_session->query("START TRANSACTION");
+  distrlock::Lock blocker = manager_->lock(key_);
+  ASSERT_TRUE(blocker.try_acquire(30s, Call{.connection = blocker_session->native()}));
+  distrlock::Lock waiter = m.lock(key_);
+  std::error_code ec;
+  const auto started = Clock::now();
+  EXPECT_FALSE(waiter.try_acquire(30s, ec, on_it));
+  EXPECT_EQ(ec, errc::timeout) << ec.message();
+  EXPECT_LT(Clock::now() - started, 2s) << "the statement was not killed: it ran into the 2 s grace";
+  blocker_session->query("ROLLBACK");
+  // The caller's own blocking calls still work on the connection.
+  EXPECT_EQ(mysql_query(conn, "SELECT 1"), 0) << mysql_error(conn);
+  mysql_free_result(mysql_store_result(conn));
+  mysql_close(conn);
 }
 
 TEST_F(Mysql, ARefusedLoginIsUnavailableAndSaysWhy) {

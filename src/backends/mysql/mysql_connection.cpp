@@ -1,14 +1,17 @@
 #include "backends/mysql/mysql_connection.hpp"
 
 #include <errmsg.h>
+#include <fcntl.h>
 #include <mysqld_error.h>
 #include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <mutex>
+#include <optional>
 
 #include "core/state.hpp"
 #include "core/util.hpp"
@@ -69,6 +72,18 @@ MYSQL* new_handle() {
   return mysql_init(nullptr);
 }
 
+/// Asks for TLS as the endpoint says (before connecting).
+void use_tls(MYSQL* m, const Endpoint& ep) {
+  if (ep.tls == Endpoint::Tls::off) return;
+  const my_bool yes = 1;
+  const my_bool verify = ep.tls == Endpoint::Tls::verify_identity ? 1 : 0;
+  mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &yes);
+  mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &verify);
+  if (!ep.tls_ca.empty()) mysql_options(m, MYSQL_OPT_SSL_CA, ep.tls_ca.c_str());
+  if (!ep.tls_cert.empty()) mysql_options(m, MYSQL_OPT_SSL_CERT, ep.tls_cert.c_str());
+  if (!ep.tls_key.empty()) mysql_options(m, MYSQL_OPT_SSL_KEY, ep.tls_key.c_str());
+}
+
 /// Stops the statement running on connection `thread_id` from a connection of its own, as PQcancel does for
 /// PostgreSQL. Blocking, bounded by kill_grace per step. Returns an empty string or why it failed.
 std::string kill_query(const Endpoint& ep, unsigned long thread_id) {
@@ -78,6 +93,7 @@ std::string kill_query(const Endpoint& ep, unsigned long thread_id) {
   mysql_options(killer.get(), MYSQL_OPT_CONNECT_TIMEOUT, &secs);
   mysql_options(killer.get(), MYSQL_OPT_READ_TIMEOUT, &secs);
   mysql_options(killer.get(), MYSQL_OPT_WRITE_TIMEOUT, &secs);
+  use_tls(killer.get(), ep);
   if (mysql_real_connect(killer.get(), or_null(ep.host), ep.user.c_str(), ep.password.c_str(), nullptr, ep.port,
                          or_null(ep.socket), 0) == nullptr)
     return describe_error(killer.get());
@@ -263,6 +279,7 @@ Endpoint parse_url(std::string_view url) {
   ep.database = decode(path, "database name");
   if (ep.database.find('/') != std::string::npos) throw bad("the path must be a single database name");
 
+  std::optional<Endpoint::Tls> tls_mode;
   if (q != std::string_view::npos) {
     std::string_view query = path_and_query.substr(q + 1);
     while (!query.empty()) {
@@ -279,11 +296,35 @@ Endpoint parse_url(std::string_view url) {
       } else if (name == "returning") {
         if (value != "auto" && value != "off") throw bad("returning= must be auto or off");
         ep.returning = value == "auto";
+      } else if (name == "ssl-mode") {
+        std::string mode = value;
+        std::transform(mode.begin(), mode.end(), mode.begin(),
+                       [](unsigned char ch) { return ch == '_' ? '-' : static_cast<char>(std::tolower(ch)); });
+        if (mode == "disabled") {
+          tls_mode = Endpoint::Tls::off;
+        } else if (mode == "required") {
+          tls_mode = Endpoint::Tls::required;
+        } else if (mode == "verify-identity") {
+          tls_mode = Endpoint::Tls::verify_identity;
+        } else {
+          throw bad("ssl-mode= must be disabled, required or verify-identity");
+        }
+      } else if (name == "ssl-ca" || name == "ssl-cert" || name == "ssl-key") {
+        if (value.empty()) throw bad(name + "= needs a path");
+        (name == "ssl-ca" ? ep.tls_ca : name == "ssl-cert" ? ep.tls_cert : ep.tls_key) = value;
       } else {
-        throw bad("unknown parameter \"" + printable(name) + "\" (known: socket, returning)");
+        throw bad("unknown parameter \"" + printable(name) +
+                  "\" (known: socket, returning, ssl-mode, ssl-ca, ssl-cert, ssl-key)");
       }
     }
   }
+  if (ep.tls_cert.empty() != ep.tls_key.empty()) throw bad("ssl-cert= and ssl-key= go together");
+  const bool files = !ep.tls_ca.empty() || !ep.tls_cert.empty();
+  if (tls_mode == Endpoint::Tls::off && files) throw bad("ssl-mode=disabled with ssl-ca/ssl-cert/ssl-key");
+  // Certificate files without ssl-mode ask for TLS: checked against the CA when one is given.
+  ep.tls = tls_mode.value_or(!files              ? Endpoint::Tls::off
+                             : ep.tls_ca.empty() ? Endpoint::Tls::required
+                                                 : Endpoint::Tls::verify_identity);
   return ep;
 }
 
@@ -338,8 +379,34 @@ errc map_errno(unsigned int code) {
   }
 }
 
+/// Connector/C leaves a TLS connection's socket in blocking mode after the handshake, and its non-blocking API
+/// then blocks inside SSL_read until the server answers: no deadline, no KILL QUERY. (Seen with MariaDB
+/// Connector/C 3.3.) Over a non-blocking socket SSL_read reports that it would block, and the API yields as it
+/// does without TLS. A caller's connection gets its socket's flags back afterwards; Connector/C's blocking calls
+/// wait for a socket that would block either way.
+class NonBlockingTls {
+ public:
+  explicit NonBlockingTls(MYSQL* conn) {
+    if (mysql_get_ssl_cipher(conn) == nullptr) return;
+    const int fd = mysql_get_socket(conn);
+    const int flags = fd < 0 ? -1 : ::fcntl(fd, F_GETFL);
+    if (flags < 0 || (flags & O_NONBLOCK) != 0) return;
+    if (::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0) fd_ = fd, flags_ = flags;
+  }
+  ~NonBlockingTls() {
+    if (fd_ >= 0) ::fcntl(fd_, F_SETFL, flags_);
+  }
+  NonBlockingTls(const NonBlockingTls&) = delete;
+  NonBlockingTls& operator=(const NonBlockingTls&) = delete;
+
+ private:
+  int fd_ = -1;
+  int flags_ = 0;
+};
+
 std::vector<Answer> run(MYSQL* conn, const Endpoint& endpoint, std::string_view sql, const OpContext& ctx,
                         std::error_code& ec, RunState& state) {
+  const NonBlockingTls non_blocking(conn);
   std::vector<Answer> answers;
   Driver driver(conn, endpoint, ctx, /*may_kill=*/true);
   auto give_up = [&] {
@@ -415,6 +482,7 @@ ConnPtr connect(const Endpoint& endpoint, Clock::time_point deadline, millisecon
   // Every statement must commit on its own, whatever the server's default (init_connect, autocommit=0).
   mysql_options(m, MYSQL_INIT_COMMAND, "SET autocommit = 1");
   mysql_optionsv(m, MYSQL_OPT_CONNECT_ATTR_ADD, "program_name", "distrlock");
+  use_tls(m, endpoint);
 
   const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
   const OpContext ctx{limit, {}, {}};
@@ -436,6 +504,12 @@ ConnPtr connect(const Endpoint& endpoint, Clock::time_point deadline, millisecon
   if (ret == nullptr) {
     fail(ec, errc::unavailable, describe_error(m));
     return nullptr;
+  }
+  // For good: see NonBlockingTls.
+  if (mysql_get_ssl_cipher(m) != nullptr) {
+    const int fd = mysql_get_socket(m);
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags >= 0 && (flags & O_NONBLOCK) == 0) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
   }
   return conn;
 }

@@ -35,10 +35,16 @@ struct Endpoint {
   std::string database;   // may be empty: then the table must be schema-qualified
   std::string socket;     // unix socket path; empty: the client library's default
   bool returning = true;  // ?returning=off: never use INSERT ... RETURNING, even where the server has it
-  std::string masked;     // the URL with its password masked, for messages
+  /// TLS: off (plain TCP, as every MySQL client without TLS options), required (encrypted, the certificate
+  /// is not checked), or verify_identity (encrypted, the certificate must chain to tls_ca, or to the
+  /// system's CAs, and name the host).
+  enum class Tls { off, required, verify_identity } tls = Tls::off;
+  std::string tls_ca, tls_cert, tls_key;  // PEM files; cert and key for client authentication, both or none
+  std::string masked;                     // the URL with its password masked, for messages
 };
 
-/// Parses a mysql:// or mariadb:// URL (parameters: socket=PATH, returning=auto|off); user, password, database and
+/// Parses a mysql:// or mariadb:// URL (parameters: socket=PATH, returning=auto|off, ssl-mode, ssl-ca,
+/// ssl-cert, ssl-key); user, password, database and
 /// parameter values are percent-decoded. Throws distrlock::error(invalid_argument), with the password masked, for
 /// anything it does not understand.
 Endpoint parse_url(std::string_view url);
