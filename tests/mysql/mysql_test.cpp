@@ -269,6 +269,24 @@ class Mysql : public ::testing::Test {
     n.round_trips = relay.commands() - commands_before;
     return n;
   }
+  /// A session whose open transaction holds key_'s row locked (through an acquire in it) until it rolls back.
+  std::unique_ptr<CallerSession> hold_the_row_in_a_transaction() {
+    auto s = session();
+    s->query("START TRANSACTION");
+    distrlock::Lock blocker = manager_->lock(key_);
+    EXPECT_TRUE(blocker.try_acquire(30s, Call{.connection = s->native()}));
+    return s;
+  }
+  /// Asserts that `waiter`'s acquire, blocked on the row lock, ends as a timeout at `call`'s 300 ms deadline:
+  /// killed on the server, well before the 2 s grace after which the library gives the connection up.
+  static void expect_killed_at_the_deadline(distrlock::Lock& waiter, const Call& call) {
+    std::error_code ec;
+    const auto started = Clock::now();
+    EXPECT_FALSE(waiter.try_acquire(30s, ec, call));
+    EXPECT_EQ(ec, errc::timeout) << ec.message();
+    EXPECT_GE(Clock::now() - started, 300ms);
+    EXPECT_LT(Clock::now() - started, 2s) << "the statement was not killed: it ran into the 2 s grace";
+  }
   /// The connection ids a fresh single-connection Manager opened for `op`.
   std::set<std::string> new_connections(const std::set<std::string>& before) {
     std::set<std::string> out;
@@ -540,24 +558,15 @@ TEST_F(Mysql, AStatementPastItsDeadlineIsKilledOnTheServerAndTheConnectionStaysU
   distrlock::Options o;
   o.pool_size = 1;  // the next call must reuse the very connection whose statement was killed
   auto single = open(o);
-  auto blocker_session = session();
+  auto blocker_session = hold_the_row_in_a_transaction();
   const auto before = admin_->connection_ids();
   ASSERT_TRUE(single.lock(key_ + "/warm-up").try_acquire(30s));
   const std::set<std::string> mine = new_connections(before);
   ASSERT_EQ(mine.size(), 1U);
   const std::string id = *mine.begin();
 
-  blocker_session->query("START TRANSACTION");
-  distrlock::Lock blocker = manager_->lock(key_);
-  ASSERT_TRUE(blocker.try_acquire(30s, Call{.connection = blocker_session->native()}));
-
   distrlock::Lock waiter = single.lock(key_);
-  std::error_code ec;
-  const auto started = Clock::now();
-  EXPECT_FALSE(waiter.try_acquire(30s, ec, Call{.deadline = Clock::now() + 300ms}));
-  EXPECT_EQ(ec, errc::timeout) << ec.message();
-  EXPECT_GE(Clock::now() - started, 300ms);
-  EXPECT_LT(Clock::now() - started, 2s);
+  expect_killed_at_the_deadline(waiter, Call{.deadline = Clock::now() + 300ms});
   // The server may list a connection as busy for a moment after it sent the answer (cleaning up); a statement
   // left waiting for the row lock would stay for innodb_lock_wait_timeout (50 s).
   auto idle_soon = [&] {
@@ -572,6 +581,7 @@ TEST_F(Mysql, AStatementPastItsDeadlineIsKilledOnTheServerAndTheConnectionStaysU
   EXPECT_EQ(idle_soon(), "Sleep") << "the blocked statement is still running on the server";
 
   // The same with the caller's stop token.
+  std::error_code ec;
   std::stop_source stop;
   std::thread canceller([&] {
     std::this_thread::sleep_for(200ms);
@@ -877,16 +887,9 @@ TEST_F(MysqlTls, VerifyIdentityRefusesAServerWhoseCertificateDoesNotChainToTheGi
 TEST_F(MysqlTls, AStatementPastItsDeadlineOnATlsConnectionIsKilledOverTls) {
   // The KILL QUERY goes over a connection of its own, which must use TLS too for a TLS-only user.
   auto m = open({}, tls_url("?ssl-mode=required"));
-  auto blocker_session = session();
-  blocker_session->query("START TRANSACTION");
-  distrlock::Lock blocker = manager_->lock(key_);
-  ASSERT_TRUE(blocker.try_acquire(30s, Call{.connection = blocker_session->native()}));
+  auto blocker_session = hold_the_row_in_a_transaction();
   distrlock::Lock waiter = m.lock(key_);
-  std::error_code ec;
-  const auto started = Clock::now();
-  EXPECT_FALSE(waiter.try_acquire(30s, ec, Call{.deadline = Clock::now() + 300ms}));
-  EXPECT_EQ(ec, errc::timeout) << ec.message();
-  EXPECT_LT(Clock::now() - started, 2s) << "the statement was not killed: it ran into the 2 s grace";
+  expect_killed_at_the_deadline(waiter, Call{.deadline = Clock::now() + 300ms});
   blocker_session->query("ROLLBACK");
   EXPECT_TRUE(waiter.try_acquire(30s));
 }
@@ -894,18 +897,11 @@ TEST_F(MysqlTls, AStatementPastItsDeadlineOnATlsConnectionIsKilledOverTls) {
 TEST_F(MysqlTls, OnACallersTlsConnectionAStatementPastItsDeadlineIsKilledAndTheCallerCanGoOn) {
   MYSQL* conn = Sql::connect(tls_url(""), 0, /*tls=*/true);
   ASSERT_NE(mysql_get_ssl_cipher(conn), nullptr) << "the caller's connection did not use TLS";
-  const Call on_it{.deadline = Clock::now() + 300ms, .connection = distrlock::NativeConnection::mysql(conn)};
   auto m = open({}, tls_url("?ssl-mode=required"));  // the KILL QUERY uses the Manager's URL
-  auto blocker_session = session();
-  blocker_session->query("START TRANSACTION");
-  distrlock::Lock blocker = manager_->lock(key_);
-  ASSERT_TRUE(blocker.try_acquire(30s, Call{.connection = blocker_session->native()}));
+  auto blocker_session = hold_the_row_in_a_transaction();
   distrlock::Lock waiter = m.lock(key_);
-  std::error_code ec;
-  const auto started = Clock::now();
-  EXPECT_FALSE(waiter.try_acquire(30s, ec, on_it));
-  EXPECT_EQ(ec, errc::timeout) << ec.message();
-  EXPECT_LT(Clock::now() - started, 2s) << "the statement was not killed: it ran into the 2 s grace";
+  expect_killed_at_the_deadline(
+      waiter, Call{.deadline = Clock::now() + 300ms, .connection = distrlock::NativeConnection::mysql(conn)});
   blocker_session->query("ROLLBACK");
   // The caller's own blocking calls still work on the connection.
   EXPECT_EQ(mysql_query(conn, "SELECT 1"), 0) << mysql_error(conn);
