@@ -57,8 +57,9 @@ class Backend {
   virtual std::vector<milliseconds> extend_many(const OpContext& ctx, std::span<const ExtendRequest> requests,
                                                 std::error_code& ec) = 0;
 
-  /// The rows of `keys` that exist, in any order, or every row ordered by key when `keys` is empty. The core
-  /// puts them in the caller's order and fills in the keys the table has never seen.
+  /// The rows of `keys` that exist, in any order, or every row ordered by key when `keys` is empty, as stored
+  /// (owner and time left even of a lease that is not held). The core clears those for leases not held, puts
+  /// the rows in the caller's order and fills in the keys the table has never seen.
   virtual std::vector<LockStatus> inspect(const OpContext& ctx, const std::vector<std::string>& keys,
                                           std::error_code& ec) = 0;
 

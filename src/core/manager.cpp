@@ -185,7 +185,13 @@ std::vector<LockStatus> Manager::status(const std::vector<std::string>& keys, st
       }
     }
     std::vector<LockStatus> found = state_->backend->inspect(state_->context(call), keys, ec);
-    if (ec || keys.empty()) return found;
+    if (ec) return {};
+    for (LockStatus& st : found) {
+      if (st.held) continue;
+      st.owner.clear();  // a released or expired lease has no owner and no time left, whatever the row says
+      st.expires_in = milliseconds{0};
+    }
+    if (keys.empty()) return found;
     // One entry per requested key, in the caller's order; a key the table has never seen is free, fence 0.
     std::map<std::string, LockStatus> by_key;
     for (LockStatus& st : found) by_key.emplace(st.key, std::move(st));

@@ -1,5 +1,6 @@
 // Who holds what, and handles on leases granted elsewhere.
 #include <algorithm>
+#include <thread>
 
 #include "fixture.hpp"
 
@@ -42,6 +43,22 @@ TEST_P(Conformance, StatusShowsReleasedAndNeverSeenKeysAsFree) {
   EXPECT_EQ(st[1].fence, fence) << "a released key keeps its last fencing token";
   EXPECT_EQ(st[1].owner, "");
   EXPECT_EQ(st[1].expires_in, 0ms);
+}
+
+TEST_P(Conformance, StatusShowsAnExpiredLeaseAsFreeWithNeitherOwnerNorTimeLeft) {
+  distrlock::Options o = options();
+  o.owner = "gone-host:7";
+  auto m = distrlock::Manager::open(url_, o);
+  distrlock::Lock lock = m.lock(key());
+  ASSERT_TRUE(lock.try_acquire(200ms));
+  std::this_thread::sleep_for(400ms);  // expired by the database's clock; the row still names its owner
+
+  const auto st = manager().status({key()});
+  ASSERT_EQ(st.size(), 1U);
+  EXPECT_FALSE(st[0].held);
+  EXPECT_EQ(st[0].owner, "");
+  EXPECT_EQ(st[0].expires_in, 0ms);
+  EXPECT_EQ(st[0].fence, *lock.fencing_token());
 }
 
 TEST_P(Conformance, StatusWithoutKeysListsEveryKeyInTheTable) {

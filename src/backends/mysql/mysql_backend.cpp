@@ -278,9 +278,9 @@ class MysqlBackend final : public Backend {
       LockStatus st;
       st.key = std::string(field(row, lengths, 0));
       st.held = field(row, lengths, 1) == "1";
-      st.owner = st.held ? std::string(field(row, lengths, 2)) : std::string();
+      st.owner = std::string(field(row, lengths, 2));
       st.fence = int_field(row, lengths, 3);
-      st.expires_in = st.held ? milliseconds{int_field(row, lengths, 4)} : milliseconds{0};
+      st.expires_in = milliseconds{int_field(row, lengths, 4)};
       rows.push_back(std::move(st));
     }
     return rows;

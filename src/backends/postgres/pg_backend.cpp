@@ -178,9 +178,9 @@ class PostgresBackend final : public Backend {
       LockStatus st;
       st.key = from_hex(PQgetvalue(r.get(), row, 0));
       st.held = PQgetvalue(r.get(), row, 1)[0] == 't';
-      st.owner = st.held ? PQgetvalue(r.get(), row, 2) : "";
+      st.owner = PQgetvalue(r.get(), row, 2);
       st.fence = to_int(PQgetvalue(r.get(), row, 3));
-      st.expires_in = st.held ? milliseconds{to_int(PQgetvalue(r.get(), row, 4))} : milliseconds{0};
+      st.expires_in = milliseconds{to_int(PQgetvalue(r.get(), row, 4))};
       rows.push_back(std::move(st));
     }
     return rows;

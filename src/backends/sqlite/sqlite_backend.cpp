@@ -248,9 +248,9 @@ class SqliteBackend final : public Backend {
       LockStatus st;
       st.key = row.at(0).bytes;
       st.held = row.at(1).integer == 1;
-      st.owner = st.held ? row.at(2).bytes : std::string();
+      st.owner = row.at(2).bytes;
       st.fence = row.at(3).integer;
-      st.expires_in = st.held ? left_of(row, 4) : milliseconds{0};
+      st.expires_in = left_of(row, 4);
       all.push_back(std::move(st));
     }
     return all;
