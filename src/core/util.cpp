@@ -36,8 +36,7 @@ std::string random_token() {
 
 std::string check_key(std::string_view key) {
   if (key.empty()) return "key is empty (a key is 1-255 bytes)";
-  if (key.size() > max_key_bytes)
-    return "key is " + std::to_string(key.size()) + " bytes (a key is 1-255 bytes)";
+  if (key.size() > max_key_bytes) return "key is " + std::to_string(key.size()) + " bytes (a key is 1-255 bytes)";
   return {};
 }
 
@@ -75,6 +74,15 @@ std::vector<std::string> parse_table_name(std::string_view table, std::string& r
     }
   }
   return parts;
+}
+
+std::string quote_table_name(const std::vector<std::string>& parts, char quote, std::string_view suffix) {
+  std::string out;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += '.';
+    out += quote + parts[i] + (i + 1 == parts.size() ? std::string(suffix) : std::string()) + quote;
+  }
+  return out;
 }
 
 std::string printable(std::string_view bytes, std::size_t max_shown) {

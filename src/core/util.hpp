@@ -21,6 +21,9 @@ std::string check_token(std::string_view token);
 
 /// Splits "name" or "schema.name" into validated parts; empty result plus a reason when invalid.
 std::vector<std::string> parse_table_name(std::string_view table, std::string& reason);
+/// The parts parse_table_name gave, each quoted with `quote` (" or `) and joined with '.'; `suffix` goes on
+/// the last part (for "<table>_migrations"). Safe only for validated parts: nothing is escaped.
+std::string quote_table_name(const std::vector<std::string>& parts, char quote, std::string_view suffix = {});
 
 /// Bytes shown printable: quotes and non-printables become \xNN, and long input is cut with "...".
 std::string printable(std::string_view bytes, std::size_t max_shown = 255);

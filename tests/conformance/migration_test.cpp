@@ -41,5 +41,23 @@ TEST_P(Conformance, MigrateIsIdempotentAndSafeWhenRunConcurrently) {
   EXPECT_EQ(admin->query("SELECT count(*) FROM " + o.table), "0");
 }
 
+TEST_P(Conformance, MigrateDownDropsBothTablesAndMigrateRecreatesThemWithFencingFromOne) {
+  distrlock::Options o = options();
+  o.table = unique_table();
+  o.pool_size = 1;  // one connection, with statements prepared against the dropped table, serves every call
+  auto m = distrlock::Manager::open(url_, o);
+  m.migrate();
+  ASSERT_TRUE(m.lock(key()).try_acquire(30s));
+  m.migrate_down();
+  EXPECT_EQ(session()->query(backend_->count_tables_named + "('" + o.table + "', '" + o.table + "_migrations')"), "0");
+  std::error_code ec;
+  m.lock(key()).try_acquire(30s, ec);
+  EXPECT_EQ(ec, errc::not_migrated) << ec.message();
+  m.migrate();
+  distrlock::Lock again = m.lock(key());
+  EXPECT_TRUE(again.try_acquire(30s));
+  EXPECT_EQ(again.fencing_token(), 1) << "the table is new, so fencing starts again";
+}
+
 }  // namespace
 }  // namespace dltest

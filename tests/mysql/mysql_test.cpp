@@ -733,24 +733,6 @@ TEST_F(Mysql, MigrationsAreVersionedUpAndDownSqlForTheConfiguredTable) {
   EXPECT_EQ(admin_->value(exists), "0");
 }
 
-TEST_F(Mysql, MigrateDownDropsTheTableAndMigrateRecreatesIt) {
-  distrlock::Options o;
-  o.table = unique_table();
-  auto m = open(o);
-  m.migrate();
-  ASSERT_TRUE(m.lock(key_).try_acquire(30s));
-  m.migrate_down();
-  EXPECT_EQ(admin_->value("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND "
-                          "TABLE_NAME IN ('" +
-                          o.table + "', '" + o.table + "_migrations')"),
-            "0");
-  std::error_code ec;
-  m.lock(key_).try_acquire(30s, ec);
-  EXPECT_EQ(ec, errc::not_migrated);
-  m.migrate();
-  EXPECT_TRUE(m.lock(key_).try_acquire(30s));
-}
-
 TEST_F(Mysql, ExpiryIsStoredAsUtcMicrosecondsFromTheServerClock) {
   EXPECT_EQ(admin_->value("SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
                           "TABLE_NAME = 'distributed_locks' AND COLUMN_NAME = 'expires'"),

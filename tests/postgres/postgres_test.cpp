@@ -104,8 +104,10 @@ TEST_F(Postgres, SessionsWithDifferentTimeZonesCanNeverBothHoldAKey) {
 
 /// Runs the probe under libfaketime with the client clock shifted by `offset` ("+2h", "-2h").
 std::string probe(const std::string& offset, const std::string& args) {
-  const std::string cmd = "LD_PRELOAD=" + std::string(DISTRLOCK_FAKETIME_LIB) + " FAKETIME='" + offset +
-                          "' FAKETIME_DONT_FAKE_MONOTONIC=1 DONT_FAKE_MONOTONIC=1 ASAN_OPTIONS=verify_asan_link_order=0 " + DISTRLOCK_LOCK_PROBE + " " + args + " 2>&1";
+  const std::string cmd =
+      "LD_PRELOAD=" + std::string(DISTRLOCK_FAKETIME_LIB) + " FAKETIME='" + offset +
+      "' FAKETIME_DONT_FAKE_MONOTONIC=1 DONT_FAKE_MONOTONIC=1 ASAN_OPTIONS=verify_asan_link_order=0 " +
+      DISTRLOCK_LOCK_PROBE + " " + args + " 2>&1";
   std::string out;
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return "popen failed";
@@ -122,8 +124,8 @@ TEST_F(Postgres, AClientClockSkewedByTwoHoursChangesNoOutcome) {
     // The probe reports its own wall clock: prove the skew is really in effect.
     const std::string clock = probe(offset, "clock");
     const auto probe_epoch = std::stoll(clock);
-    const auto our_epoch = std::chrono::duration_cast<std::chrono::seconds>(
-                               std::chrono::system_clock::now().time_since_epoch()).count();
+    const auto our_epoch =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     EXPECT_GT(std::llabs(probe_epoch - our_epoch), 7000) << clock;
 
     // A lease held here looks busy to the skewed client.
@@ -217,23 +219,6 @@ TEST_F(Postgres, AReleaseInsideACallerTransactionLeavesItsCommitSynchronous) {
   EXPECT_EQ(admin_->query("SHOW synchronous_commit"), "on")
       << "the caller's transaction must commit as durably as the caller asked";
   admin_->query("COMMIT");
-}
-
-TEST_F(Postgres, MigrateDownDropsTheTableAndMigrateRecreatesIt) {
-  distrlock::Options o;
-  o.table = unique_table();
-  auto m = open(o);
-  m.migrate();
-  ASSERT_TRUE(m.lock(key_).try_acquire(30s));
-  m.migrate_down();
-  EXPECT_EQ(admin_->query("SELECT to_regclass('" + o.table + "') IS NULL AND to_regclass('" + o.table +
-                          "_migrations') IS NULL"),
-            "t");
-  std::error_code ec;
-  m.lock(key_).try_acquire(30s, ec);
-  EXPECT_EQ(ec, errc::not_migrated);
-  m.migrate();
-  EXPECT_TRUE(m.lock(key_).try_acquire(30s));
 }
 
 TEST_F(Postgres, ExpiryIsStoredAsTimestamptzFromTheServerClock) {

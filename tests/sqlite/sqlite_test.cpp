@@ -287,26 +287,6 @@ TEST_F(Sqlite, TenProcessesMigratingAFreshFileAtOnceAllSucceed) {
   EXPECT_EQ(fresh->query("PRAGMA journal_mode"), "wal");
 }
 
-TEST_F(Sqlite, MigrateDownDropsTheTableAndMigrateRecreatesItUnderTheSameHandle) {
-  distrlock::Options o;
-  o.table = unique_table();
-  o.pool_size = 1;  // the same handle, with its statements prepared against the dropped table, serves every call
-  auto m = open(o);
-  m.migrate();
-  ASSERT_TRUE(m.lock(key_).try_acquire(30s));
-  m.migrate_down();
-  EXPECT_EQ(admin_->query("SELECT count(*) FROM sqlite_schema WHERE name IN ('" + o.table + "', '" + o.table +
-                          "_migrations')"),
-            "0");
-  std::error_code ec;
-  m.lock(key_).try_acquire(30s, ec);
-  EXPECT_EQ(ec, errc::not_migrated) << ec.message();
-  m.migrate();
-  distrlock::Lock again = m.lock(key_);
-  EXPECT_TRUE(again.try_acquire(30s));
-  EXPECT_EQ(again.fencing_token(), 1) << "the table is new, so fencing starts again";
-}
-
 TEST_F(Sqlite, MigrationsAreVersionedUpAndDownSqlThatSqliteRuns) {
   distrlock::Options o;
   o.table = "main.my_locks";

@@ -108,6 +108,7 @@ BackendUnderTest mysql_backend_under_test() {
        {"repeatable_read", "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION"},
        {"serializable", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; START TRANSACTION"}},
       [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<MysqlSession>(url); },
+      "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ",
   };
 }
 

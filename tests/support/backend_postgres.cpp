@@ -56,6 +56,7 @@ BackendUnderTest postgres_backend_under_test() {
        {"repeatable_read", "BEGIN ISOLATION LEVEL REPEATABLE READ"},
        {"serializable", "BEGIN ISOLATION LEVEL SERIALIZABLE"}},
       [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<PostgresSession>(url); },
+      "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename IN ",
   };
 }
 

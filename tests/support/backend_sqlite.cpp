@@ -91,6 +91,7 @@ BackendUnderTest sqlite_backend_under_test() {
       "",                       // embedded: no server to stop, restart or cut off
       {{"deferred", "BEGIN DEFERRED"}},
       [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<SqliteSession>(url); },
+      "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ",
   };
 }
 

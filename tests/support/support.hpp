@@ -37,6 +37,9 @@ struct BackendUnderTest {
   /// SQL that opens a transaction at each isolation level the backend offers.
   std::vector<std::pair<std::string, std::string>> isolation_levels;
   std::function<std::unique_ptr<CallerSession>(const std::string& url)> open_session;
+  /// A query counting the tables of the current database/schema whose names are in the list appended to it,
+  /// e.g. + "('a', 'b')".
+  std::string count_tables_named;
   std::string url_suffix;  // a URL parameter added to the server's URL, e.g. "returning=off"
 };
 

@@ -28,15 +28,6 @@ using mysql::RunState;
 constexpr std::uint64_t busy_flag = std::uint64_t{1} << 63;
 // Leases per extend_many statement; a thousand 255-byte keys make a packet of about 1.3 MB.
 constexpr std::size_t extend_batch = 1000;
-// Identifiers may be schema-qualified: each part quoted on its own.
-std::string quote_parts(const std::vector<std::string>& parts, std::string_view suffix = {}) {
-  std::string out;
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    if (i > 0) out += '.';
-    out += '`' + parts[i] + (i + 1 == parts.size() ? std::string(suffix) : std::string()) + '`';
-  }
-  return out;
-}
 
 // Microseconds since 1970-01-01 00:00:00 UTC by the server's clock, as of the start of the statement (constant
 // within it). Both operands are DATETIMEs without a time zone: the session's time_zone, DST and midnight cannot
@@ -107,8 +98,8 @@ class MysqlBackend final : public Backend {
  public:
   MysqlBackend(mysql::Endpoint where, const Options& options, std::vector<std::string> table)
       : table_parts_(std::move(table)),
-        table_(quote_parts(table_parts_)),
-        versions_table_(quote_parts(table_parts_, "_migrations")),
+        table_(quote_table_name(table_parts_, '`')),
+        versions_table_(quote_table_name(table_parts_, '`', "_migrations")),
         pool_(options.pool_size, std::move(where), options.connect_timeout) {
     const std::string qualified = table_parts_.size() == 2 ? table_parts_[0] + "." + table_parts_[1]
                                                            : endpoint().database + "." + table_parts_[0];

@@ -24,15 +24,6 @@ constexpr const char* stmt_names[stmt_count] = {"distrlock_acquire", "distrlock_
                                                 "distrlock_extend_many", "distrlock_inspect"};
 static_assert(stmt_count <= pg::Connection::max_statements);
 
-std::string quote_parts(const std::vector<std::string>& parts, std::string_view suffix = {}) {
-  std::string out;
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    if (i > 0) out += '.';
-    out += '"' + parts[i] + (i + 1 == parts.size() ? std::string(suffix) : std::string()) + '"';
-  }
-  return out;
-}
-
 // Milliseconds a timestamptz has left by the server's clock (never the client's).
 std::string millis_left(std::string_view column) {
   return "floor(extract(epoch FROM " + std::string(column) + " - clock_timestamp()) * 1000)::int8";
@@ -48,7 +39,7 @@ class PostgresBackend final : public Backend {
  public:
   PostgresBackend(std::string conninfo, const Options& options, std::vector<std::string> table)
       : table_parts_(std::move(table)),
-        table_(quote_parts(table_parts_)),
+        table_(quote_table_name(table_parts_, '"')),
         pool_(options.pool_size, std::move(conninfo), options.connect_timeout) {
     const std::string ttl = "$3::float8 * interval '1 millisecond'";
     // Acquire: one upsert that takes the row when it is free, expired, or already ours; when it is not, the
@@ -223,7 +214,7 @@ class PostgresBackend final : public Backend {
   }
 
  private:
-  std::string versions_table() const { return quote_parts(table_parts_, "_migrations"); }
+  std::string versions_table() const { return quote_table_name(table_parts_, '"', "_migrations"); }
 
   /// Runs `body` in one script, one round trip. The advisory lock serialises concurrent migrators; the
   /// version table makes re-runs no-ops. On a caller's connection the caller's transaction frames it.

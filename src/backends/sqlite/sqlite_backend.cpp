@@ -39,15 +39,6 @@ constexpr std::int64_t max_ttl_ms = 100LL * 365 * 24 * 3600 * 1000;  // a centur
 // Statements on a caller's handle run inside the caller's transaction; several of them share a savepoint.
 constexpr std::string_view savepoint = "distrlock";
 
-std::string quote_parts(const std::vector<std::string>& parts, std::string_view suffix = {}) {
-  std::string out;
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    if (i > 0) out += '.';
-    out += '"' + parts[i] + (i + 1 == parts.size() ? std::string(suffix) : std::string()) + '"';
-  }
-  return out;
-}
-
 bool starts_with_ignoring_case(std::string_view s, std::string_view prefix) {
   if (s.size() < prefix.size()) return false;
   for (std::size_t i = 0; i < prefix.size(); ++i) {
@@ -111,8 +102,8 @@ class SqliteBackend final : public Backend {
  public:
   SqliteBackend(const std::string& path, const Options& options, std::vector<std::string> table)
       : table_parts_(std::move(table)),
-        table_(quote_parts(table_parts_)),
-        versions_(quote_parts(table_parts_, "_migrations")),
+        table_(quote_table_name(table_parts_, '"')),
+        versions_(quote_table_name(table_parts_, '"', "_migrations")),
         pool_(options.pool_size, path, [logger = options.logger, path](const std::string& mode) {
           try {
             logger(LogLevel::warning, "the SQLite database " + path +
