@@ -19,6 +19,11 @@ namespace distrlock {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
+/// The shortest lease the library grants. Below it, a round trip, a commit and a thread's scheduling delay
+/// leave no time to extend the lease before its safety margin: such a lease is lost on every try. A usable
+/// TTL is also at least ten times the database's round trip, commit included.
+inline constexpr milliseconds min_ttl{100};
+
 enum class LogLevel { debug, info, warning, error };
 
 /// Receives every message the library logs. Called from the calling thread or from the heartbeat thread,
@@ -81,7 +86,7 @@ struct Call {
 
 /// Settings of an auto-extended Lease (Manager::acquire).
 struct LeaseOptions {
-  /// Lease length, by the database's clock. Must be > 0.
+  /// Lease length, by the database's clock. Must be >= min_ttl.
   milliseconds ttl = std::chrono::seconds(30);
   /// How long to keep retrying while the key is busy. 0 means one attempt.
   milliseconds wait{0};

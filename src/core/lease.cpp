@@ -105,7 +105,13 @@ std::optional<Lease> Manager::acquire(std::string key, const LeaseOptions& optio
       fail(ec, errc::invalid_argument, "extend_every, safety_margin and release_timeout must be >= 0");
       return std::nullopt;
     }
-    if (options.ttl > milliseconds{0} && margin >= options.ttl) {
+    if (options.ttl < min_ttl) {
+      fail(ec, errc::invalid_argument,
+           "ttl must be at least " + std::to_string(min_ttl.count()) + " ms (got " +
+               std::to_string(options.ttl.count()) + " ms)");
+      return std::nullopt;
+    }
+    if (margin >= options.ttl) {
       fail(ec, errc::invalid_argument, "safety_margin must be shorter than ttl");
       return std::nullopt;
     }

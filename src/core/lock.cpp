@@ -16,8 +16,9 @@ using detail::throw_error;
 namespace {
 
 bool check_ttl(milliseconds ttl, std::error_code& ec) {
-  if (ttl > milliseconds{0}) return true;
-  fail(ec, errc::invalid_argument, "ttl must be > 0 (got " + std::to_string(ttl.count()) + " ms)");
+  if (ttl >= min_ttl) return true;
+  fail(ec, errc::invalid_argument,
+       "ttl must be at least " + std::to_string(min_ttl.count()) + " ms (got " + std::to_string(ttl.count()) + " ms)");
   return false;
 }
 
