@@ -75,7 +75,7 @@ class Lock {
   std::int64_t fence_ = 0;
   milliseconds ttl_{0};
   milliseconds expires_in_{0};
-  Clock::time_point valid_until_{};  // local, conservative estimate of the server-side expiry
+  std::int64_t sent_at_ns_ = 0;  // when the last grant or extension was sent (CLOCK_BOOTTIME), for the Lease
 };
 
 }  // namespace distrlock

@@ -90,7 +90,9 @@ class Manager {
   /// Acquires `key`, runs fn(stop_token) while the heartbeat extends the lease, then releases it within
   /// release_timeout, even if fn throws. Returns fn's result or rethrows its exception. If the lease is lost
   /// while fn runs, fn's stop_token is requested, the loss is logged, and the call throws
-  /// errc::lease_lost once fn returns, because fn's result was not produced under a valid lease.
+  /// errc::lease_lost once fn returns, because fn's result was not produced under a valid lease. The same
+  /// happens when the final release finds that another token holds the key. A release whose outcome is unknown
+  /// does not void a result produced while the lease was valid: it is logged, and the lease ends by its TTL.
   template <class Fn>
   std::invoke_result_t<Fn&, std::stop_token> do_exclusively(std::string key, const ExclusiveOptions& options,
                                                               Fn&& fn);
@@ -145,12 +147,12 @@ auto Manager::do_exclusively(std::string key, const ExclusiveOptions& options, F
   if constexpr (std::is_void_v<Result>) {
     if (ec) return;
     std::invoke(fn, lease->stop_token());
-    if (lease->lost()) ec = errc::lease_lost;
+    lease->finish_exclusive(ec);
   } else {
     if (ec) return std::nullopt;
     std::optional<Result> result(std::invoke(fn, lease->stop_token()));
-    if (!lease->lost()) return result;
-    ec = errc::lease_lost;
+    lease->finish_exclusive(ec);
+    if (!ec) return result;
     return std::nullopt;
   }
 }

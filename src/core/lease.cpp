@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/lease_clock.hpp"
 #include "core/state.hpp"
 #include "core/util.hpp"
 #include "distrlock/manager.hpp"
@@ -40,11 +41,31 @@ Lease::~Lease() {
   finish(ignored);
 }
 
-const std::string& Lease::key() const noexcept { return state_->beat->key; }
-const std::string& Lease::token() const noexcept { return state_->beat->token; }
-std::int64_t Lease::fencing_token() const noexcept { return state_->beat->fence; }
-std::stop_token Lease::stop_token() const noexcept { return state_->beat->stop.get_token(); }
-bool Lease::lost() const noexcept { return state_->beat->lost.load(); }
+namespace {
+
+const std::string& no_text() {
+  static const std::string empty;
+  return empty;
+}
+
+std::stop_token stopped_token() {
+  static const std::stop_source stopped = [] {
+    std::stop_source s;
+    s.request_stop();
+    return s;
+  }();
+  return stopped.get_token();
+}
+
+}  // namespace
+
+const std::string& Lease::key() const noexcept { return state_ ? state_->beat->key : no_text(); }
+const std::string& Lease::token() const noexcept { return state_ ? state_->beat->token : no_text(); }
+std::int64_t Lease::fencing_token() const noexcept { return state_ ? state_->beat->fence : 0; }
+std::stop_token Lease::stop_token() const noexcept {
+  return state_ ? state_->beat->stop.get_token() : stopped_token();
+}
+bool Lease::lost() const noexcept { return !state_ || state_->beat->is_lost(); }
 
 void Lease::release() {
   std::error_code ec;
@@ -60,29 +81,62 @@ void Lease::release(std::error_code& ec) noexcept {
   }
   detail::ManagerState& m = *state_->manager;
   state_->finished = true;
-  m.heartbeat.remove(state_->beat);
+  m.keeper->remove(state_->beat);
   const bool was_lost = lost();
+  state_->beat->lost.store(true);     // released: whoever still looks must stop
   state_->beat->stop.request_stop();  // the guarded work must not go on past the release
   Call call;
   call.deadline = Clock::now() + state_->release_timeout;
   state_->lock.release(ec, call);
   if (was_lost && !ec) {
-    // The heartbeat gave up on it, yet the server still had it: released now, but the work was stopped.
+    // The deadline passed, yet the server still had it: released now, but the work was stopped.
     m.log(LogLevel::info, "released " + detail::describe(key(), token()) + " after it was reported lost");
   }
 }
 
 void Lease::finish(std::error_code& ec) noexcept {
   if (!state_ || state_->finished) return;
+  detail::ManagerState& m = *state_->manager;
+  if (m.keeper->on_watchdog_thread()) {
+    // Destroyed in a stop callback: the watchdog must not wait on I/O, so the extender releases it.
+    state_->finished = true;
+    m.keeper->remove(state_->beat);
+    state_->beat->lost.store(true);
+    state_->beat->stop.request_stop();
+    m.keeper->release_later(key(), token(), state_->release_timeout);
+    return;
+  }
+  const bool was_lost = lost();
   release(ec);
   if (!ec) return;
-  detail::ManagerState& m = *state_->manager;
   const std::string detail = detail::take_last_detail();
-  if (ec == errc::already_released && lost()) return;  // the loss itself was already reported
+  if (ec == errc::already_released && was_lost) return;  // the loss itself was already reported
   m.log(outcome_may_be_unknown(ec) ? LogLevel::error : LogLevel::warning,
         "could not release " + detail::describe(key(), token()) + " on " + m.masked_url + ": " + ec.message() +
             (detail.empty() ? "" : ": " + detail) +
             (outcome_may_be_unknown(ec) ? "; the lease ends by its TTL at the latest" : ""));
+}
+
+void Lease::finish_exclusive(std::error_code& ec) noexcept {
+  ec.clear();
+  const bool lost_while_working = lost();
+  std::error_code released;
+  release(released);
+  const std::string detail = released ? detail::take_last_detail() : std::string();
+  detail::ManagerState& m = *state_->manager;
+  if (lost_while_working || released == errc::already_released) {
+    m.log(LogLevel::warning, "do_exclusively " + detail::describe(key(), token()) + " on " + m.masked_url +
+                                 ": the lease was lost before the work returned" +
+                                 (lost_while_working ? std::string() : " (the release found another token holding it)") +
+                                 "; its result was discarded");
+    fail(ec, errc::lease_lost, "the work's result was discarded");
+    return;
+  }
+  if (released) {
+    m.log(LogLevel::error, "could not release " + detail::describe(key(), token()) + " on " + m.masked_url + ": " +
+                               released.message() + (detail.empty() ? "" : ": " + detail) +
+                               "; the lease ends by its TTL at the latest");
+  }
 }
 
 Lease Manager::acquire(std::string key, const LeaseOptions& options, const Call& call) {
@@ -127,11 +181,12 @@ std::optional<Lease> Manager::acquire(std::string key, const LeaseOptions& optio
     beat->ttl = options.ttl;
     beat->extend_every = extend_every;
     beat->safety_margin = margin;
-    beat->valid_until = lock.valid_until_;
+    const detail::LeaseClock::time_point sent_at{detail::LeaseClock::duration(lock.sent_at_ns_)};
+    beat->stop_at = detail::stop_deadline(sent_at, lock.expires_in(), margin).time_since_epoch().count();
     auto state = std::make_shared<detail::LeaseState>(detail::LeaseState{
         state_, std::move(lock), beat,
         options.release_timeout > milliseconds{0} ? options.release_timeout : state_->options.operation_timeout});
-    state_->heartbeat.add(beat);
+    state_->keeper->add(beat);
     return Lease(std::move(state));
   } catch (const std::exception& e) {
     fail(ec, errc::backend_error, e.what());

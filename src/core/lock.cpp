@@ -5,6 +5,7 @@
 #include <mutex>
 #include <random>
 
+#include "core/lease_clock.hpp"
 #include "core/state.hpp"
 #include "core/util.hpp"
 
@@ -54,7 +55,7 @@ void Lock::forget() noexcept {
 bool Lock::acquire_once(const std::string& token, milliseconds ttl, const Call& call, Clock::time_point deadline,
                         std::error_code& ec, milliseconds* holder_left) {
   detail::OpContext ctx{deadline, call.stop, call.connection};
-  const Clock::time_point sent_at = Clock::now();
+  const auto sent_at = detail::LeaseClock::now();
   detail::set_nothing_sent(false);
   const detail::AcquireResult r = state_->backend->try_acquire(ctx, key_, token, ttl, state_->options.owner, ec);
   if (ec) {
@@ -85,7 +86,7 @@ bool Lock::acquire_once(const std::string& token, milliseconds ttl, const Call& 
   fence_ = r.fence;
   ttl_ = ttl;
   expires_in_ = r.expires_in;
-  valid_until_ = sent_at + r.expires_in;  // the server counted from a moment after sent_at: errs early
+  sent_at_ns_ = sent_at.time_since_epoch().count();  // the server counted from a moment after: errs early
   return true;
 }
 
@@ -203,7 +204,7 @@ void Lock::extend(milliseconds ttl, std::error_code& ec, const Call& call) noexc
       return;
     }
     if (!check_ttl(ttl, ec)) return;
-    const Clock::time_point sent_at = Clock::now();
+    const auto sent_at = detail::LeaseClock::now();
     const milliseconds left = state_->backend->extend(state_->context(call), key_, token_, ttl, ec);
     if (ec) return;
     if (left < milliseconds{0}) {
@@ -213,7 +214,7 @@ void Lock::extend(milliseconds ttl, std::error_code& ec, const Call& call) noexc
     }
     ttl_ = ttl;
     expires_in_ = left;
-    valid_until_ = sent_at + left;
+    sent_at_ns_ = sent_at.time_since_epoch().count();
   } catch (const std::exception& e) {
     fail(ec, errc::backend_error, e.what());
   }

@@ -132,6 +132,8 @@ Manager Manager::open(std::string_view url, Options options, std::error_code& ec
                "mariadb://)");
       return Manager(nullptr);
     }
+    state->keeper =
+        std::make_shared<detail::Keeper>(state->backend, options.logger, masked, options.operation_timeout);
     state->options = std::move(options);
     return Manager(std::move(state));
   } catch (const error& e) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/backend.hpp"
+#include "core/lease_clock.hpp"
 #include "core/thread_annotations.hpp"
 #include "distrlock/error.hpp"
 #include "distrlock/options.hpp"
@@ -33,8 +34,10 @@ std::error_code fail(std::error_code& ec, errc e, std::string detail);
 /// Throws distrlock::error for `ec`, with the operation `what` and the last detail in its message.
 [[noreturn]] void throw_error(std::error_code ec, const std::string& what);
 
-/// What the heartbeat needs to keep one lease alive. It deliberately holds no reference to the Manager, so
-/// the heartbeat thread can never end up owning (and joining) itself.
+class Keeper;
+
+/// One auto-extended lease as the Keeper sees it. It holds no reference to the Manager, so neither of the
+/// Keeper's threads can end up owning (and joining) itself through it.
 struct Beat {
   std::string key;
   std::string token;
@@ -43,53 +46,94 @@ struct Beat {
   milliseconds extend_every{0};
   milliseconds safety_margin{0};
   std::stop_source stop;
+  /// Set once the lease is over (a deadline passed, or the server said another token holds the key). Sticky.
   std::atomic<bool> lost{false};
-  // Guarded by Heartbeat::mu_.
-  Clock::time_point next_due;
-  Clock::time_point valid_until;  // conservative local estimate of the server-side expiry
+  /// LeaseClock nanoseconds: the local expiry estimate less the safety margin, from the last grant or extension
+  /// the server confirmed. Moved only forward, and only by the extender; at this instant the lease is lost.
+  std::atomic<LeaseClock::rep> stop_at{0};
+  Keeper* keeper = nullptr;  // alive as long as any Lease that can read this Beat (the Lease holds the Manager)
+
+  /// lost, or the deadline has passed (then it becomes lost for good, and the watchdog is woken to fire the stop).
+  bool is_lost() noexcept;
+  LeaseClock::time_point deadline() const noexcept { return LeaseClock::time_point(LeaseClock::duration(stop_at.load())); }
+
+  // Guarded by Keeper::mu_.
+  LeaseClock::time_point next_due{};
   bool registered = false;
+  bool fired = false;      // its stop was requested by the watchdog
+  bool suspect = false;    // its last extension timed out: extended alone, so it cannot stall the others
+  const char* why = nullptr;  // why it is lost, when the extender found out
 };
 
-class ManagerState;
-
-/// One thread per Manager that extends every registered lease, batching all leases that are at least
-/// half-way to their next extension into one backend call.
-class Heartbeat {
+/// Keeps a Manager's leases: one **watchdog** thread owns every lease's deadline and fires its stop on time,
+/// doing no I/O (it sleeps in poll() on a CLOCK_BOOTTIME timerfd and an eventfd), and one **extender** thread
+/// extends the leases, batched, through the backend. A statement that hangs, a reconnect or a slow cancel can
+/// delay an extension, never a stop. The watchdog runs user code only as stop callbacks; log lines it produces
+/// are written by the extender, since a logger may block.
+///
+/// Shared by the ManagerState and both threads: whichever lets go last destroys it. shutdown() (from
+/// ~ManagerState) stops the threads, joining each unless called on that very thread, which then ends by itself.
+class Keeper : public std::enable_shared_from_this<Keeper> {
  public:
-  explicit Heartbeat(ManagerState& manager) : manager_(manager) {}
-  ~Heartbeat();
-  Heartbeat(const Heartbeat&) = delete;
-  Heartbeat& operator=(const Heartbeat&) = delete;
+  Keeper(std::shared_ptr<Backend> backend, Logger logger, std::string masked_url, milliseconds operation_timeout);
+  ~Keeper();
+  Keeper(const Keeper&) = delete;
+  Keeper& operator=(const Keeper&) = delete;
 
   void add(std::shared_ptr<Beat> beat);
   void remove(const std::shared_ptr<Beat>& beat);
+  /// Releases `token`'s lease on `key` from the extender thread, within `timeout`: for a Lease destroyed on the
+  /// watchdog thread (in a stop callback), which must not wait on I/O.
+  void release_later(std::string key, std::string token, milliseconds timeout);
+  bool on_watchdog_thread() const noexcept;
+  /// Makes the watchdog look at every lease now. Async-signal-safe (one write to an eventfd).
+  void wake_watchdog() const noexcept;
+  void shutdown();
 
  private:
-  struct Lost {
-    std::shared_ptr<Beat> beat;
-    const char* why;
+  struct PendingRelease {
+    std::string key;
+    std::string token;
+    milliseconds timeout;
   };
-  void run(std::stop_token stop);
-  /// Stops extending `beat` and queues its loss for report_lost().
-  void mark_lost_locked(const std::shared_ptr<Beat>& beat, const char* why) REQUIRES(mu_);
-  /// Requests stop on, and logs, the queued losses with mu_ released.
-  void report_lost(std::unique_lock<std::mutex>& lk) REQUIRES(mu_);
+  void watchdog_loop();
+  void extender_loop();
+  void extend_once(std::unique_lock<std::mutex>& lk) REQUIRES(mu_);
+  void log(LogLevel level, const std::string& message) noexcept;
 
-  ManagerState& manager_;
+  const std::shared_ptr<Backend> backend_;
+  const Logger logger_;
+  const std::string masked_url_;
+  const milliseconds operation_timeout_;
+  int event_fd_ = -1;
+  int timer_fd_ = -1;
+
   std::mutex mu_;
-  std::condition_variable_any cv_;
+  std::condition_variable_any cv_;  // wakes the extender
   std::vector<std::shared_ptr<Beat>> beats_ GUARDED_BY(mu_);
-  std::vector<Lost> lost_ GUARDED_BY(mu_);
+  std::vector<std::pair<LogLevel, std::string>> logs_ GUARDED_BY(mu_);  // from the watchdog, for the extender
+  std::vector<PendingRelease> releases_ GUARDED_BY(mu_);
   bool changed_ GUARDED_BY(mu_) = false;
-  std::jthread thread_;  // started on first add(); last member, so it stops before the others die
+  bool stopping_ GUARDED_BY(mu_) = false;
+  bool started_ GUARDED_BY(mu_) = false;
+  std::atomic<std::thread::id> watchdog_id_{};
+  std::thread watchdog_;
+  std::thread extender_;
 };
 
 class ManagerState {
  public:
   Options options;
   std::string masked_url;
-  std::unique_ptr<Backend> backend;
-  Heartbeat heartbeat{*this};  // after backend: destroyed (and joined) first
+  std::shared_ptr<Backend> backend;
+  std::shared_ptr<Keeper> keeper;
+
+  ManagerState() = default;
+  ManagerState(const ManagerState&) = delete;
+  ManagerState& operator=(const ManagerState&) = delete;
+  ~ManagerState() {
+    if (keeper) keeper->shutdown();
+  }
 
   void log(LogLevel level, const std::string& message) const noexcept;
   /// The context of one call: deadline = call.deadline, else now + extra + operation_timeout.
