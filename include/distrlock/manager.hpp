@@ -28,6 +28,7 @@ namespace distrlock {
 
 namespace detail {
 struct ManagerState;
+struct ManagerAccess;
 }
 
 /// What the lock table says about one key, by the server's clock.
@@ -109,6 +110,7 @@ class Manager {
   std::string_view backend_name() const noexcept;
 
  private:
+  friend struct detail::ManagerAccess;
   explicit Manager(std::shared_ptr<detail::ManagerState> state) noexcept;
   static LeaseOptions lease_options(const ExclusiveOptions& o) noexcept {
     return LeaseOptions{.ttl = o.ttl,

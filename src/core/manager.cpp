@@ -59,6 +59,17 @@ OpContext ManagerState::context(const Call& call, milliseconds extra) const {
                    call.connection};
 }
 
+Manager ManagerAccess::open_with_backend(std::unique_ptr<Backend> backend, Options options, std::string masked_url) {
+  if (options.owner.empty()) options.owner = default_owner();
+  if (!options.logger) options.logger = stderr_logger();
+  auto state = std::make_shared<ManagerState>();
+  state->masked_url = std::move(masked_url);
+  state->backend = std::move(backend);
+  state->keeper = std::make_shared<Keeper>(state->backend, options.logger, state->masked_url, options.operation_timeout);
+  state->options = std::move(options);
+  return Manager(std::move(state));
+}
+
 }  // namespace detail
 
 Logger stderr_logger(LogLevel min_level) {

@@ -140,6 +140,12 @@ class ManagerState {
   OpContext context(const Call& call, milliseconds extra = milliseconds{0}) const;
 };
 
+/// Builds a Manager around a backend of the caller's making: the seam that tests use to inject faults (statements
+/// that never return, a batch where one lease fails) beneath the core.
+struct ManagerAccess {
+  static Manager open_with_backend(std::unique_ptr<Backend> backend, Options options, std::string masked_url);
+};
+
 /// "key=\"...\" token=..." for log lines and error messages.
 std::string describe(std::string_view key, std::string_view token);
 
