@@ -29,6 +29,22 @@ std::string millis_left(std::string_view column) {
   return "floor(extract(epoch FROM " + std::string(column) + " - clock_timestamp()) * 1000)::int8";
 }
 
+/// `text` with every placeholder replaced by its value.
+std::string fill(std::string text, std::initializer_list<std::pair<std::string_view, std::string>> values) {
+  for (const auto& [placeholder, value] : values) {
+    for (std::size_t at = text.find(placeholder); at != std::string::npos; at = text.find(placeholder, at + value.size()))
+      text.replace(at, placeholder.size(), value);
+  }
+  return text;
+}
+
+/// An unqualified table lives in schema public: resolving it through each role's search_path would give roles
+/// with a schema of their own (PostgreSQL 15's recommended layout) a lock table each, and two holders per key.
+std::vector<std::string> qualified(std::vector<std::string> table) {
+  if (table.size() == 1) table.insert(table.begin(), "public");
+  return table;
+}
+
 std::int64_t to_int(const char* text) {
   std::int64_t v = 0;
   std::from_chars(text, text + std::char_traits<char>::length(text), v);
@@ -38,30 +54,43 @@ std::int64_t to_int(const char* text) {
 class PostgresBackend final : public Backend {
  public:
   PostgresBackend(std::string conninfo, const Options& options, std::vector<std::string> table)
-      : table_parts_(std::move(table)),
+      : table_parts_(qualified(std::move(table))),
         table_(quote_table_name(table_parts_, '"')),
         pool_(options.pool_size, std::move(conninfo), options.connect_timeout) {
     const std::string ttl = "$3::float8 * interval '1 millisecond'";
     // Acquire: one upsert that takes the row when it is free, expired, or already ours; when it is not, the
     // same statement returns the holder instead. Expiry is clock_timestamp() (not now(), which is the
     // transaction's start) stored as timestamptz, so session time zones cannot skew it.
-    sql_[acquire_stmt] =
-        "WITH granted AS (INSERT INTO " + table_ + " AS l (key, token, fence, expires, owner) VALUES ($1, $2, 1, " +
-        "clock_timestamp() + " + ttl + ", $4) ON CONFLICT (key) DO UPDATE SET token = excluded.token, " +
-        "fence = l.fence + 1, expires = excluded.expires, owner = excluded.owner WHERE l.token IS NULL OR " +
-        "l.expires <= clock_timestamp() OR l.token = excluded.token RETURNING l.fence, l.expires) " +
-        "SELECT true, fence, " + millis_left("expires") + ", NULL::text FROM granted UNION ALL " +
+    //
+    // `ON CONFLICT DO UPDATE` locks the conflicting row even when its WHERE is false, and inside a caller's open
+    // transaction that lock would last until it ends, stalling the holder's extensions. So the upsert only runs
+    // when the statement's snapshot shows the row free, expired or ours; a busy answer reads the row and locks
+    // nothing. (A holder that committed after the snapshot still meets the WHERE under the row lock.)
+    //
+    // {durable}: on a caller's connection, the grant commits with the caller's transaction, which must then wait
+    // for its WAL flush whatever synchronous_commit the session has (our own connections set it at connect).
+    const std::string acquire =
+        "WITH cur AS (SELECT token, expires FROM " + table_ + " WHERE key = $1), " +
+        "granted AS (INSERT INTO " + table_ + " AS l (key, token, fence, expires, owner) SELECT $1, $2, 1, " +
+        "clock_timestamp() + " + ttl + ", $4 WHERE NOT EXISTS (SELECT 1 FROM cur WHERE cur.token IS NOT NULL " +
+        "AND cur.expires > clock_timestamp() AND cur.token <> $2) ON CONFLICT (key) DO UPDATE SET " +
+        "token = excluded.token, fence = l.fence + 1, expires = excluded.expires, owner = excluded.owner " +
+        "WHERE l.token IS NULL OR l.expires <= clock_timestamp() OR l.token = excluded.token " +
+        "RETURNING l.fence, l.expires){durable_cte} " +
+        "SELECT true, fence, " + millis_left("expires") + ", NULL::text FROM granted{durable_from} UNION ALL " +
         "SELECT false, fence, " + millis_left("expires") + ", owner FROM " + table_ +
-        " WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM granted)";
+        "{durable_from} WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM granted)";
+    sql_[acquire_stmt] = acquire;
     sql_[extend_stmt] = "UPDATE " + table_ + " SET expires = clock_timestamp() + " + ttl +
-                        " WHERE key = $1 AND token = $2 AND expires > clock_timestamp() RETURNING " +
+                        "{durable_join} WHERE key = $1 AND token = $2 AND expires > clock_timestamp() RETURNING " +
                         millis_left("expires");
     const std::string release_set = " SET token = NULL, owner = NULL, expires = clock_timestamp()";
     const std::string release_where = " WHERE key = $1 AND token = $2 AND expires > clock_timestamp() RETURNING fence";
     sql_[release_stmt] = "UPDATE " + table_ + release_set + release_where;
     sql_[extend_many_stmt] =
         "UPDATE " + table_ + " AS l SET expires = clock_timestamp() + v.ttl * interval '1 millisecond' " +
-        "FROM unnest($1::text[], $2::text[], $3::float8[]) AS v(k, t, ttl) WHERE l.key = decode(v.k, 'hex') " +
+        "FROM unnest($1::text[], $2::text[], $3::float8[]) AS v(k, t, ttl){durable_comma} " +
+        "WHERE l.key = decode(v.k, 'hex') " +
         "AND l.token = decode(v.t, 'hex') AND l.expires > clock_timestamp() RETURNING encode(l.key, 'hex'), " +
         "encode(l.token, 'hex'), " + millis_left("l.expires");
     // On the library's own connections a release commits without waiting for its WAL flush
@@ -81,6 +110,15 @@ class PostgresBackend final : public Backend {
         "ORDER BY key";
     pool_sql_ = sql_;
     pool_sql_[release_stmt] = pooled_release;
+    const std::string durable = "(SELECT set_config('synchronous_commit', 'on', true)) AS durable";
+    for (std::string& q : sql_) {
+      q = fill(q, {{"{durable_cte}", ", durable AS (SELECT set_config('synchronous_commit', 'on', true))"},
+                   {"{durable_from}", ", durable"},
+                   {"{durable_join}", " FROM " + durable},
+                   {"{durable_comma}", ", " + durable}});
+    }
+    for (std::string& q : pool_sql_)
+      q = fill(q, {{"{durable_cte}", ""}, {"{durable_from}", ""}, {"{durable_join}", ""}, {"{durable_comma}", ""}});
   }
 
   std::string_view name() const noexcept override { return "postgres"; }
@@ -228,10 +266,32 @@ class PostgresBackend final : public Backend {
     auto send = [&script](PGconn* c) { return PQsendQuery(c, script.c_str()); };
     if (ctx.connection) {
       RunState st;
-      if (PGconn* c = caller_connection(ctx, ec)) pg::run(c, send, ctx, ec, st);
+      if (PGconn* c = caller_connection(ctx, ec)) pg::run(c, send, ctx, ec, st, canceller(c));
       return;
     }
     on_pool(ctx, ec, [&](pg::Connection& c, RunState& st) { return pg::run(c.conn.get(), send, ctx, ec, st); });
+  }
+
+  /// Cancels the statement running on a caller's connection from one of our own, by `deadline`: PQcancel would
+  /// block (a connect and a read without timeout) and the caller's connection cannot be dropped. Best effort: a
+  /// role that may not signal the caller's backend leaves the statement to the caller's own limits.
+  pg::Canceller canceller(PGconn* conn) {
+    const std::string pid = std::to_string(PQbackendPID(conn));
+    return [this, pid](Clock::time_point deadline) {
+      std::error_code ignored;
+      const std::string detail = take_last_detail();
+      const char* values[] = {pid.c_str()};
+      const OpContext ctx{deadline, {}, {}};
+      on_pool(ctx, ignored, [&](pg::Connection& c, RunState& st) {
+        return pg::run(
+            c.conn.get(),
+            [&](PGconn* pc) {
+              return PQsendQueryParams(pc, "SELECT pg_cancel_backend($1::int)", 1, nullptr, values, nullptr, nullptr, 0);
+            },
+            ctx, ignored, st);
+      });
+      set_last_detail(detail);
+    };
   }
 
   PGconn* caller_connection(const OpContext& ctx, std::error_code& ec) const {
@@ -279,7 +339,7 @@ class PostgresBackend final : public Backend {
       RunState st;
       return pg::run(
           conn, [&](PGconn* c) { return PQsendQueryParams(c, sql.c_str(), n, types[id], values, lengths, formats, 0); },
-          ctx, ec, st);
+          ctx, ec, st, canceller(conn));
     }
     const std::string& pooled = pool_sql_[id];
     return on_pool(ctx, ec, [&](pg::Connection& c, RunState& st) -> ResultPtr {

@@ -10,10 +10,11 @@
 namespace distrlock::detail::pg {
 namespace {
 
-// How long to wait for the server to answer a cancel request before giving the connection up.
-constexpr milliseconds cancel_grace{2000};
 // Without a stop_token to watch, poll sleeps until the deadline; with one, it wakes this often to look.
 constexpr milliseconds stop_poll_slice{20};
+// On a caller's connection, which cannot simply be dropped, the cancel is sent this long before the deadline
+// (at most a quarter of the call), so that the server's answer to it can still arrive in time.
+constexpr milliseconds caller_cancel_lead{200};
 
 std::string trimmed(const char* message) {
   std::string s = message != nullptr ? message : "";
@@ -26,14 +27,6 @@ int poll_ms(Clock::time_point until, bool slice) {
   auto left = std::chrono::ceil<milliseconds>(until - Clock::now());
   if (slice) left = std::min(left, stop_poll_slice);
   return static_cast<int>(std::clamp<milliseconds::rep>(left.count(), 0, 60'000));
-}
-
-void request_cancel(PGconn* conn) {
-  PGcancel* cancel = PQgetCancel(conn);
-  if (cancel == nullptr) return;
-  char err[256];
-  PQcancel(cancel, err, sizeof err);  // best effort: if it fails, the grace period below still bounds us
-  PQfreeCancel(cancel);
 }
 
 }  // namespace
@@ -50,7 +43,7 @@ errc map_sqlstate(std::string_view s) {
 }
 
 ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpContext& ctx, std::error_code& ec,
-              RunState& state) {
+              RunState& state, const Canceller& cancel) {
   state = RunState{};
   const bool was_nonblocking = PQisnonblocking(conn) == 1;
   if (!was_nonblocking) PQsetnonblocking(conn, 1);
@@ -66,6 +59,7 @@ ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpCon
     fail(ec, ctx.stop.stop_requested() ? errc::cancelled : errc::timeout, "the deadline passed before sending");
     return nullptr;
   }
+  const Clock::time_point started = Clock::now();
   if (send(conn) == 0) {
     state.broken = PQstatus(conn) != CONNECTION_OK;
     fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn)));
@@ -73,10 +67,14 @@ ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpCon
   }
   state.sent = true;
 
+  // Giving up must fit inside the deadline, and must never wait on the network: a pooled connection is simply
+  // dropped at the deadline (the server's client_connection_check_interval then ends the statement, where the
+  // server can still hear us); a caller's connection gets a cancel sent through `cancel` a little earlier.
+  const Clock::time_point cancel_at =
+      cancel ? ctx.deadline - std::min<Clock::duration>(caller_cancel_lead, (ctx.deadline - started) / 4)
+             : Clock::time_point::max();
   const int fd = PQsocket(conn);
-  bool cancelling = false;
-  errc cancel_reason = errc::timeout;
-  Clock::time_point give_up{};
+  bool cancelled = false;
   ResultPtr kept;
   while (true) {
     const int flushed = PQflush(conn);  // 0: all sent, 1: more to send, -1: failed
@@ -96,19 +94,21 @@ ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpCon
       continue;
     }
     const Clock::time_point now = Clock::now();
-    if (!cancelling && (ctx.stop.stop_requested() || now >= ctx.deadline)) {
-      cancel_reason = ctx.stop.stop_requested() ? errc::cancelled : errc::timeout;
-      request_cancel(conn);
-      cancelling = true;
-      give_up = Clock::now() + cancel_grace;
-    }
-    if (cancelling && now >= give_up) {
-      state.broken = true;  // the server never answered: nothing more can be read from this connection
-      fail(ec, cancel_reason, "the server did not answer the cancel request");
+    const bool stopped = ctx.stop.stop_requested();
+    if (stopped || now >= ctx.deadline) {
+      state.broken = true;  // an answer may still come: nothing more can be sent on this connection
+      fail(ec, stopped ? errc::cancelled : errc::timeout,
+           std::string(stopped ? "cancelled" : "the deadline passed") + " before the server answered" +
+               (cancel ? (cancelled ? "; a cancel was sent" : "") : "; the connection was dropped"));
       return nullptr;
     }
+    if (!cancelled && now >= cancel_at) {
+      cancelled = true;
+      cancel(ctx.deadline);
+      continue;
+    }
     pollfd p{fd, static_cast<short>(POLLIN | (flushed == 1 ? POLLOUT : 0)), 0};
-    const int n = ::poll(&p, 1, poll_ms(cancelling ? give_up : ctx.deadline, !cancelling && ctx.stop.stop_possible()));
+    const int n = ::poll(&p, 1, poll_ms(std::min(cancel_at, ctx.deadline), ctx.stop.stop_possible()));
     if (n > 0 && (p.revents & (POLLIN | POLLERR | POLLHUP)) != 0 && PQconsumeInput(conn) == 0) {
       state.broken = true;
       fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn)));
@@ -125,7 +125,7 @@ ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpCon
     const char* sqlstate = PQresultErrorField(kept.get(), PG_DIAG_SQLSTATE);
     const std::string_view code = sqlstate != nullptr ? sqlstate : "";
     errc e = code.empty() ? errc::unavailable : map_sqlstate(code);
-    if (cancelling && code == "57014") e = cancel_reason;
+    if (cancelled && code == "57014") e = ctx.stop.stop_requested() ? errc::cancelled : errc::timeout;
     fail(ec, e, (code.empty() ? "" : std::string(code) + " ") + trimmed(PQresultErrorMessage(kept.get())));
   }
   return kept;
@@ -133,8 +133,20 @@ ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpCon
 
 ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, milliseconds connect_timeout,
                 std::error_code& ec) {
-  const char* keys[] = {"dbname", "fallback_application_name", nullptr};
-  const char* values[] = {conninfo.c_str(), "distrlock", nullptr};
+  // Session settings of our own connections, after whatever the URL's options= asks for (later -c wins):
+  //  * synchronous_commit=on: a grant or extension is durable whatever the role's or database's default is (a
+  //    release relaxes it for its own transaction only);
+  //  * client_connection_check_interval: a statement whose client gave up and dropped the connection is ended by
+  //    the server within this interval, instead of running on (and perhaps granting a key to nobody).
+  std::string options;
+  if (PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), nullptr)) {
+    for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o)
+      if (std::string_view(o->keyword) == "options" && o->val != nullptr) options = o->val;
+    PQconninfoFree(parsed);
+  }
+  options += " -c synchronous_commit=on -c client_connection_check_interval=250";
+  const char* keys[] = {"dbname", "fallback_application_name", "options", nullptr};
+  const char* values[] = {conninfo.c_str(), "distrlock", options.c_str(), nullptr};
   ConnPtr conn(PQconnectStartParams(keys, values, 1));
   if (!conn) {
     fail(ec, errc::unavailable, "out of memory opening a connection");

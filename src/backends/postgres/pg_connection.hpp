@@ -34,12 +34,17 @@ struct RunState {
   bool broken = false;  // the connection must not be used again
 };
 
-/// Queues one command with `send` (a PQsend* call) and collects its results until ctx.deadline or
-/// ctx.stop, cancelling it on the server (PQcancel) if either comes first. Returns the last result (the
-/// first failing one, if any); on failure sets `ec` and the last detail. The connection stays usable
-/// unless state.broken is set.
+/// Asks the server to stop the statement running on a caller's connection, by the given deadline, without
+/// blocking past it (see PostgresBackend: pg_cancel_backend() over a pooled connection).
+using Canceller = std::function<void(Clock::time_point deadline)>;
+
+/// Queues one command with `send` (a PQsend* call) and collects its results until ctx.deadline or ctx.stop, and
+/// never later: no step of giving up waits on the network. If neither an answer nor the end comes first, the call
+/// fails with errc::timeout (errc::cancelled for the stop token) and state.broken: a pooled connection is then
+/// dropped by its owner; for a caller's connection, `cancel` is called shortly before the deadline. Returns the
+/// last result (the first failing one, if any); on failure sets `ec` and the last detail.
 ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpContext& ctx, std::error_code& ec,
-              RunState& state);
+              RunState& state, const Canceller& cancel = {});
 
 /// Opens a connection, giving up at the earlier of `deadline` and now + connect_timeout.
 ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, milliseconds connect_timeout,
