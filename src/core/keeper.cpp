@@ -67,6 +67,15 @@ void Keeper::wake_watchdog() const noexcept {
 
 bool Keeper::on_watchdog_thread() const noexcept { return watchdog_id_.load() == std::this_thread::get_id(); }
 
+void Keeper::start_locked() {
+  if (started_) return;
+  started_ = true;
+  auto self = shared_from_this();
+  watchdog_ = std::thread([self] { self->watchdog_loop(); });
+  extender_ = std::thread([self] { self->extender_loop(false); });
+  straggler_ = std::thread([self] { self->extender_loop(true); });
+}
+
 void Keeper::add(std::shared_ptr<Beat> beat) {
   {
     std::lock_guard lk(mu_);
@@ -74,13 +83,8 @@ void Keeper::add(std::shared_ptr<Beat> beat) {
     beat->registered = true;
     beat->next_due = LeaseClock::now() + beat->extend_every;
     beats_.push_back(std::move(beat));
-    changed_ = true;
-    if (!started_) {
-      started_ = true;
-      auto self = shared_from_this();
-      watchdog_ = std::thread([self] { self->watchdog_loop(); });
-      extender_ = std::thread([self] { self->extender_loop(); });
-    }
+    ++changes_;
+    start_locked();
   }
   cv_.notify_all();
   wake_watchdog();
@@ -91,7 +95,7 @@ void Keeper::remove(const std::shared_ptr<Beat>& beat) {
     std::lock_guard lk(mu_);
     beat->registered = false;
     std::erase(beats_, beat);
-    changed_ = true;
+    ++changes_;
   }
   cv_.notify_all();
 }
@@ -100,7 +104,8 @@ void Keeper::release_later(std::string key, std::string token, milliseconds time
   {
     std::lock_guard lk(mu_);
     releases_.push_back({std::move(key), std::move(token), timeout});
-    changed_ = true;
+    ++changes_;
+    start_locked();
   }
   cv_.notify_all();
 }
@@ -109,11 +114,11 @@ void Keeper::shutdown() {
   {
     std::lock_guard lk(mu_);
     stopping_ = true;
-    changed_ = true;
+    ++changes_;
   }
   cv_.notify_all();
   wake_watchdog();
-  for (std::thread* t : {&extender_, &watchdog_}) {
+  for (std::thread* t : {&extender_, &straggler_, &watchdog_}) {
     if (!t->joinable()) continue;
     if (t->get_id() == std::this_thread::get_id()) {
       t->detach();  // a stop callback dropped the last Lease: this thread sees stopping_ and ends by itself
@@ -144,7 +149,7 @@ void Keeper::watchdog_loop() {
       }
       if (!due.empty()) {
         std::erase_if(beats_, [](const auto& b) { return b->fired; });
-        changed_ = true;
+        ++changes_;
       }
     }
     if (!due.empty()) {
@@ -163,7 +168,7 @@ void Keeper::watchdog_loop() {
                                                       "successful extension") +
                                  "; the work it guards was told to stop");
         }
-        changed_ = true;
+        ++changes_;
       }
       cv_.notify_all();
       due.clear();
@@ -186,10 +191,10 @@ void Keeper::watchdog_loop() {
   }
 }
 
-void Keeper::extender_loop() {
+void Keeper::extender_loop(bool stragglers) {
   std::unique_lock lk(mu_);
   while (true) {
-    if (!logs_.empty() || !releases_.empty()) {
+    if (!stragglers && (!logs_.empty() || !releases_.empty())) {
       auto logs = std::exchange(logs_, {});
       auto releases = std::exchange(releases_, {});
       lk.unlock();
@@ -208,61 +213,65 @@ void Keeper::extender_loop() {
       continue;
     }
     if (stopping_) return;
-    extend_once(lk);
+    extend_once(lk, stragglers);
   }
 }
 
-void Keeper::extend_once(std::unique_lock<std::mutex>& lk) {
+void Keeper::extend_once(std::unique_lock<std::mutex>& lk, bool stragglers) {
   const LeaseClock::time_point now = LeaseClock::now();
   std::vector<std::shared_ptr<Beat>> batch;
   LeaseClock::time_point wake = never;
-  for (const auto& b : beats_) {
-    if (b->suspect) continue;
-    if (b->next_due - now <= duration_cast<LeaseClock::duration>(b->extend_every / 2)) {
-      batch.push_back(b);  // due, or half-way there: extending it now lets it share this statement
-    } else {
-      wake = std::min(wake, b->next_due - duration_cast<LeaseClock::duration>(b->extend_every / 2));
+  if (!stragglers) {
+    for (const auto& b : beats_) {
+      if (b->suspect || b->in_flight) continue;
+      if (b->next_due - now <= duration_cast<LeaseClock::duration>(b->extend_every / 2)) {
+        batch.push_back(b);  // due, or half-way there: extending it now lets it share this statement
+      } else {
+        wake = std::min(wake, b->next_due);  // then everything half-way to due joins it
+      }
     }
-  }
-  if (batch.empty()) {
-    // A lease whose last extension timed out goes alone, the one due first, so that whatever stalls it (a row
-    // lock held elsewhere) cannot hold back the others' batch.
+  } else {
+    // A lease whose last extension timed out goes alone, on this thread of its own, the one due first: whatever
+    // stalls it (a row lock held elsewhere) cannot hold back the others' batch.
     std::shared_ptr<Beat> next;
     for (const auto& b : beats_) {
-      if (!b->suspect) continue;
+      if (!b->suspect || b->in_flight) continue;
       if (!next || b->next_due < next->next_due) next = b;
     }
     if (next && next->next_due <= now) {
       batch.push_back(next);
     } else if (next) {
-      wake = std::min(wake, next->next_due);
+      wake = next->next_due;
     }
   }
   if (batch.empty()) {
-    changed_ = false;
+    const std::uint64_t seen = changes_;
     // Not safety-critical (the watchdog owns the deadlines), so a steady-clock wait in slices is enough.
     const auto slice = wake == never ? std::chrono::nanoseconds(std::chrono::seconds(1))
                                      : std::clamp<LeaseClock::duration>(wake - now, LeaseClock::duration(0),
                                                                         std::chrono::seconds(1));
-    cv_.wait_for(lk, slice, [this] { return changed_; });
+    cv_.wait_for(lk, slice, [&] { return changes_ != seen || stopping_; });
     return;
   }
 
-  // The statement must end in time for every lease: for those in it, before they would be lost; for the others,
-  // early enough that their own extension still has time.
+  // The statement must end in time for every lease: for those in it, early enough to try again; for those that
+  // wait for the next one, early enough for theirs.
   LeaseClock::time_point deadline = now + duration_cast<LeaseClock::duration>(operation_timeout_);
+  // Half the time a lease in it has left: should this attempt time out, another still fits before the deadline.
+  for (const auto& b : batch) deadline = std::min(deadline, now + (b->deadline() - now) / 2);
   for (const auto& b : beats_) {
-    const bool in_batch = std::find(batch.begin(), batch.end(), b) != batch.end();
-    if (in_batch) {
-      deadline = std::min(deadline, b->deadline());
-    } else if (!b->suspect) {
-      deadline = std::min(deadline, yield_by(*b));
-    }
+    // Each thread yields to the leases that wait for it: the extender to the healthy ones, the straggler thread to
+    // the other stragglers (a batch that timed out made all its leases stragglers, the innocent ones too).
+    if (b->suspect != stragglers || b->in_flight || std::find(batch.begin(), batch.end(), b) != batch.end()) continue;
+    deadline = std::min(deadline, yield_by(*b));
   }
   deadline = std::max(deadline, now + std::chrono::milliseconds(1));
   std::vector<ExtendRequest> requests;
   requests.reserve(batch.size());
-  for (const auto& b : batch) requests.push_back({b->key, b->token, b->ttl});  // immutable once registered
+  for (const auto& b : batch) {
+    b->in_flight = true;
+    requests.push_back({b->key, b->token, b->ttl});  // immutable once registered
+  }
   lk.unlock();
   std::error_code ec;
   const LeaseClock::time_point sent_at = LeaseClock::now();
@@ -270,6 +279,9 @@ void Keeper::extend_once(std::unique_lock<std::mutex>& lk) {
       backend_->extend_many(OpContext{LeaseClock::to_call_clock(deadline), {}, {}}, requests, ec);
   const std::string detail = ec ? take_last_detail() : std::string();
   lk.lock();
+  for (const auto& b : batch) b->in_flight = false;
+  ++changes_;  // the other thread may have skipped these
+  cv_.notify_all();
 
   const LeaseClock::time_point after = LeaseClock::now();
   if (ec) {

@@ -64,14 +64,12 @@ bool Lock::acquire_once(const std::string& token, milliseconds ttl, const Call& 
       // for a whole TTL by nobody. A caller's connection is left alone: its transaction decides. When the
       // backend knows nothing reached the database (no connection), nothing happened and nothing is undone:
       // a held lease being refreshed stays as it was.
-      std::error_code ignored;
-      const std::string detail = detail::take_last_detail();
+      // The release goes out from the Manager's extender thread, so that this call still ends by its deadline.
       const auto cleanup = std::min(state_->options.operation_timeout, milliseconds{1000});
-      state_->backend->release({Clock::now() + cleanup, {}, {}}, key_, token, ignored);
-      detail::set_last_detail(detail);
+      state_->keeper->release_later(key_, token, cleanup);
       if (token == token_) forget();  // a refresh of a held lease: whatever happened, it is not held now
       state_->log(LogLevel::warning, "acquire " + detail::describe(key_, token) + " ended with an unknown outcome (" +
-                                         ec.message() + "); released with the same token, best effort");
+                                         ec.message() + "); releasing it with the same token, best effort");
     }
     return false;
   }

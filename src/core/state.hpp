@@ -62,12 +62,14 @@ struct Beat {
   bool registered = false;
   bool fired = false;      // its stop was requested by the watchdog
   bool suspect = false;    // its last extension timed out: extended alone, so it cannot stall the others
+  bool in_flight = false;  // an extension of it is running
   const char* why = nullptr;  // why it is lost, when the extender found out
 };
 
 /// Keeps a Manager's leases: one **watchdog** thread owns every lease's deadline and fires its stop on time,
-/// doing no I/O (it sleeps in poll() on a CLOCK_BOOTTIME timerfd and an eventfd), and one **extender** thread
-/// extends the leases, batched, through the backend. A statement that hangs, a reconnect or a slow cancel can
+/// doing no I/O (it sleeps in poll() on a CLOCK_BOOTTIME timerfd and an eventfd); one **extender** thread
+/// extends the leases, batched, through the backend; and a **straggler** thread extends, one at a time, the
+/// leases whose last extension timed out, so that one stalled row cannot hold back the others. A statement that hangs, a reconnect or a slow cancel can
 /// delay an extension, never a stop. The watchdog runs user code only as stop callbacks; log lines it produces
 /// are written by the extender, since a logger may block.
 ///
@@ -83,7 +85,8 @@ class Keeper : public std::enable_shared_from_this<Keeper> {
   void add(std::shared_ptr<Beat> beat);
   void remove(const std::shared_ptr<Beat>& beat);
   /// Releases `token`'s lease on `key` from the extender thread, within `timeout`: for a Lease destroyed on the
-  /// watchdog thread (in a stop callback), which must not wait on I/O.
+  /// watchdog thread (in a stop callback), which must not wait on I/O, and for the undo of an acquire whose
+  /// outcome is unknown, so that the call still ends by its deadline.
   void release_later(std::string key, std::string token, milliseconds timeout);
   bool on_watchdog_thread() const noexcept;
   /// Makes the watchdog look at every lease now. Async-signal-safe (one write to an eventfd).
@@ -96,9 +99,11 @@ class Keeper : public std::enable_shared_from_this<Keeper> {
     std::string token;
     milliseconds timeout;
   };
+  void start_locked() REQUIRES(mu_);
   void watchdog_loop();
-  void extender_loop();
-  void extend_once(std::unique_lock<std::mutex>& lk) REQUIRES(mu_);
+  /// The extender, or (`stragglers`) the thread that extends, one at a time, leases whose last extension timed out.
+  void extender_loop(bool stragglers);
+  void extend_once(std::unique_lock<std::mutex>& lk, bool stragglers) REQUIRES(mu_);
   void log(LogLevel level, const std::string& message) noexcept;
 
   const std::shared_ptr<Backend> backend_;
@@ -113,12 +118,13 @@ class Keeper : public std::enable_shared_from_this<Keeper> {
   std::vector<std::shared_ptr<Beat>> beats_ GUARDED_BY(mu_);
   std::vector<std::pair<LogLevel, std::string>> logs_ GUARDED_BY(mu_);  // from the watchdog, for the extender
   std::vector<PendingRelease> releases_ GUARDED_BY(mu_);
-  bool changed_ GUARDED_BY(mu_) = false;
+  std::uint64_t changes_ GUARDED_BY(mu_) = 0;  // bumped on every change the extender threads wait for
   bool stopping_ GUARDED_BY(mu_) = false;
   bool started_ GUARDED_BY(mu_) = false;
   std::atomic<std::thread::id> watchdog_id_{};
   std::thread watchdog_;
   std::thread extender_;
+  std::thread straggler_;
 };
 
 class ManagerState {

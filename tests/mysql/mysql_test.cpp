@@ -277,15 +277,16 @@ class Mysql : public ::testing::Test {
     EXPECT_TRUE(blocker.try_acquire(30s, Call{.connection = s->native()}));
     return s;
   }
-  /// Asserts that `waiter`'s acquire, blocked on the row lock, ends as a timeout at `call`'s 300 ms deadline:
-  /// killed on the server, well before the 2 s grace after which the library gives the connection up.
+  /// Asserts that `waiter`'s acquire, blocked on the row lock, ends as a timeout at `call`'s 300 ms deadline: the
+  /// statement carries max_statement_time a little inside the deadline (300 - min(100, 300 / 10) = 270 ms), so
+  /// the server ends it itself; the call never runs past the deadline. Slack: 250 ms of scheduling on a loaded VM.
   static void expect_killed_at_the_deadline(distrlock::Lock& waiter, const Call& call) {
     std::error_code ec;
     const auto started = Clock::now();
     EXPECT_FALSE(waiter.try_acquire(30s, ec, call));
     EXPECT_EQ(ec, errc::timeout) << ec.message();
-    EXPECT_GE(Clock::now() - started, 300ms);
-    EXPECT_LT(Clock::now() - started, 2s) << "the statement was not killed: it ran into the 2 s grace";
+    EXPECT_GE(Clock::now() - started, 270ms);
+    EXPECT_LT(Clock::now() - started, 300ms + 250ms) << "the call ran past its deadline";
   }
   /// The connection ids a fresh single-connection Manager opened for `op`.
   std::set<std::string> new_connections(const std::set<std::string>& before) {
@@ -567,6 +568,7 @@ TEST_F(Mysql, AStatementPastItsDeadlineIsKilledOnTheServerAndTheConnectionStaysU
 
   distrlock::Lock waiter = single.lock(key_);
   expect_killed_at_the_deadline(waiter, Call{.deadline = Clock::now() + 300ms});
+  EXPECT_EQ(new_connections(before), mine) << "the server ended the statement: the connection was kept";
   // The server may list a connection as busy for a moment after it sent the answer (cleaning up); a statement
   // left waiting for the row lock would stay for innodb_lock_wait_timeout (50 s).
   auto idle_soon = [&] {
@@ -590,13 +592,15 @@ TEST_F(Mysql, AStatementPastItsDeadlineIsKilledOnTheServerAndTheConnectionStaysU
   EXPECT_FALSE(waiter.try_acquire(30s, ec, Call{.deadline = Clock::now() + 10s, .stop = stop.get_token()}));
   canceller.join();
   EXPECT_EQ(ec, errc::cancelled) << ec.message();
-  EXPECT_EQ(idle_soon(), "Sleep") << "the blocked statement is still running on the server";
+  // A stop request comes long before the statement's own limit: the connection is shut down at once and the
+  // statement killed from a background connection, so it neither runs on nor grants the key to nobody.
+  const std::string after_stop = idle_soon();
+  EXPECT_TRUE(after_stop == "Sleep" || after_stop.empty() || after_stop == "Killed")
+      << "the blocked statement is still running on the server: " << after_stop;
   blocker_session->query("ROLLBACK");
 
   distrlock::Lock later = single.lock(key_ + "/later");
-  EXPECT_TRUE(later.try_acquire(30s));
-  EXPECT_EQ(new_connections(before), mine)
-      << "the pool of one must have kept and reused the connection whose statement was killed";
+  EXPECT_TRUE(later.try_acquire(30s)) << "the pool of one replaced the connection it gave up";
 }
 
 TEST_F(Mysql, TheNextOperationSucceedsAfterTheLibrarysConnectionIsKilled) {

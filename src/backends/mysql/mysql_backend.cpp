@@ -113,49 +113,57 @@ class MysqlBackend final : public Backend {
                                                                                         {"new_token", new_token_},
                                                                                         {"new_expires", new_expires_},
                                                                                         {"new_owner", new_owner_}};
-    // Acquire. Assignments in ON DUPLICATE KEY UPDATE run left to right and each sees the columns already
-    // assigned: `token` goes first and decides (free, expired, or ours), the rest ask whether it is ours now.
-    acquire_sql_ = fill(
-        "INSERT INTO {table} (`key`, `token`, `fence`, `expires`, `owner`) "
+    // Acquire. Every assignment in ON DUPLICATE KEY UPDATE asks the same question, {takes}: is the row free,
+    // expired, or ours? Assignments normally run left to right, each seeing the columns already assigned, but
+    // sql_mode SIMULTANEOUS_ASSIGNMENT (part of sql_mode=ORACLE) makes them all see the old row. {takes} has the
+    // same answer either way: `token` goes first, and once it is ours the question stays true; while it is not,
+    // `expires` (assigned after `fence`) is still the old one. So a caller's connection in any sql_mode gets the
+    // same decision; our own connections pin sql_mode anyway.
+    const std::string takes =
+        "(`token` IS NULL OR `expires` <= {now} OR `token` = {new_token})";
+    acquire_sql_ = fill(fill(
+        "{limit}INSERT INTO {table} (`key`, `token`, `fence`, `expires`, `owner`) "
         "VALUES ({key}, {token}, LAST_INSERT_ID(1), {now} + {ttl_us}, LEFT({owner}, 255)) "
         "ON DUPLICATE KEY UPDATE "
-        "`token` = IF(`token` IS NULL OR `expires` <= {now} OR `token` = {new_token}, {new_token}, `token`), "
-        "`fence` = IF(`token` = {new_token}, LAST_INSERT_ID(`fence` + 1), "
+        "`token` = IF({takes}, {new_token}, `token`), "
+        "`fence` = IF({takes}, LAST_INSERT_ID(`fence` + 1), "
         "`fence` + 0 * LAST_INSERT_ID({busy} + GREATEST(0, `expires` - {now}) DIV 1000)), "
-        "`expires` = IF(`token` = {new_token}, {new_expires}, `expires`), "
-        "`owner` = IF(`token` = {new_token}, {new_owner}, `owner`)",
-        fixed);
-    holder_sql_ = fill("; SELECT `owner` FROM {table} WHERE `key` = {key} AND LAST_INSERT_ID() >= {busy}", fixed);
+        "`expires` = IF({takes}, {new_expires}, `expires`), "
+        "`owner` = IF({takes}, {new_owner}, `owner`)",
+        {{"takes", takes}}), fixed);
+    holder_sql_ =
+        fill("; {limit}SELECT `owner` FROM {table} WHERE `key` = {key} AND LAST_INSERT_ID() >= {busy}", fixed);
     // The same decision on MariaDB 10.5+, where the upsert itself returns the row as it left it: ours (granted,
-    // with the new fence) or the holder's, untouched. One statement, no LAST_INSERT_ID(), owner included.
-    acquire_returning_sql_ = fill(
-        "INSERT INTO {table} (`key`, `token`, `fence`, `expires`, `owner`) "
+    // with the new fence) or the holder's, untouched. One statement, no LAST_INSERT_ID(), owner and time left
+    // included.
+    acquire_returning_sql_ = fill(fill(
+        "{limit}INSERT INTO {table} (`key`, `token`, `fence`, `expires`, `owner`) "
         "VALUES ({key}, {token}, 1, {now} + {ttl_us}, LEFT({owner}, 255)) "
         "ON DUPLICATE KEY UPDATE "
-        "`token` = IF(`token` IS NULL OR `expires` <= {now} OR `token` = {new_token}, {new_token}, `token`), "
-        "`fence` = IF(`token` = {new_token}, `fence` + 1, `fence`), "
-        "`expires` = IF(`token` = {new_token}, {new_expires}, `expires`), "
-        "`owner` = IF(`token` = {new_token}, {new_owner}, `owner`) "
+        "`token` = IF({takes}, {new_token}, `token`), "
+        "`fence` = IF({takes}, `fence` + 1, `fence`), "
+        "`expires` = IF({takes}, {new_expires}, `expires`), "
+        "`owner` = IF({takes}, {new_owner}, `owner`) "
         "RETURNING `token` = {token}, `fence`, GREATEST(0, `expires` - {now}) DIV 1000, `owner`",
-        fixed);
+        {{"takes", takes}}), fixed);
     extend_sql_ = fill(
-        "UPDATE {table} SET `expires` = {now} + {ttl_us}, `fence` = LAST_INSERT_ID(`fence`) "
+        "{limit}UPDATE {table} SET `expires` = {now} + {ttl_us}, `fence` = LAST_INSERT_ID(`fence`) "
         "WHERE `key` = {key} AND `token` = {token} AND `expires` > {now}",
         fixed);
     release_sql_ = fill(
-        "UPDATE {table} SET `token` = NULL, `owner` = NULL, `expires` = {now}, `fence` = LAST_INSERT_ID(`fence`) "
+        "{limit}UPDATE {table} SET `token` = NULL, `owner` = NULL, `expires` = {now}, `fence` = LAST_INSERT_ID(`fence`) "
         "WHERE `key` = {key} AND `token` = {token} AND `expires` > {now}",
         fixed);
     extend_many_sql_ = fill(
         "START TRANSACTION; "
-        "UPDATE {table} AS l JOIN ({requests}) AS v ON l.`key` = v.k AND l.`token` = v.t "
+        "{limit}UPDATE {table} AS l JOIN ({requests}) AS v ON l.`key` = v.k AND l.`token` = v.t "
         "SET l.`expires` = {now} + v.ttl WHERE l.`expires` > {now}; "
-        "SELECT l.`key`, l.`token`, (l.`expires` - {now}) DIV 1000 FROM {table} AS l "
+        "{limit}SELECT l.`key`, l.`token`, (l.`expires` - {now}) DIV 1000 FROM {table} AS l "
         "WHERE l.`key` IN ({keys}) AND l.`expires` > {now}; "
         "COMMIT",
         fixed);
     inspect_sql_ = fill(
-        "SELECT `key`, `token` IS NOT NULL AND `expires` > {now}, COALESCE(`owner`, ''), `fence`, "
+        "{limit}SELECT `key`, `token` IS NOT NULL AND `expires` > {now}, COALESCE(`owner`, ''), `fence`, "
         "GREATEST(0, `expires` - {now}) DIV 1000 FROM {table}{where} ORDER BY `key`",
         fixed);
   }
@@ -180,7 +188,7 @@ class MysqlBackend final : public Backend {
       // A caller's connection may not allow multi-statements, and inside its transaction a plain SELECT could
       // read an old snapshot anyway: there, a busy answer without RETURNING carries the time left but no owner.
       if (!returning && !ctx.connection) sql += fill(holder_sql_, {{"key", k}});
-      return mysql::run(conn, endpoint(), sql, ctx, ec, st);
+      return mysql::run(conn, endpoint(), limited(sql, conn, ctx), ctx, ec, st);
     });
     AcquireResult out;
     if (ec) return out;
@@ -340,7 +348,7 @@ class MysqlBackend final : public Backend {
     }
     out.granted = true;
     out.fence = fence;
-    out.expires_in = ttl;  // expires = the statement's now + ttl
+    out.expires_in = std::min(ttl, milliseconds{int_field(row, lengths, 2)});  // as the row says, never more
     return out;
   }
 
@@ -457,9 +465,15 @@ class MysqlBackend final : public Backend {
 
   const mysql::Endpoint& endpoint() const noexcept { return pool_.opener().endpoint; }
 
+  /// `sql` with each {limit} (before each statement that may wait) filled in for this connection and deadline.
+  static std::string limited(const std::string& sql, MYSQL* conn, const OpContext& ctx) {
+    return fill(sql, {{"limit", mysql::statement_limit(conn, ctx)}});
+  }
+
   std::vector<Answer> exec(const OpContext& ctx, const std::string& sql, std::error_code& ec) {
-    return with_connection(ctx, ec,
-                           [&](MYSQL* conn, RunState& st) { return mysql::run(conn, endpoint(), sql, ctx, ec, st); });
+    return with_connection(ctx, ec, [&](MYSQL* conn, RunState& st) {
+      return mysql::run(conn, endpoint(), limited(sql, conn, ctx), ctx, ec, st);
+    });
   }
 
   const std::vector<std::string> table_parts_;

@@ -10,8 +10,10 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include "core/state.hpp"
 #include "core/util.hpp"
@@ -19,8 +21,8 @@
 namespace distrlock::detail::mysql {
 namespace {
 
-// How long to wait for a statement to end after KILL QUERY before giving the connection up; also the connect,
-// read and write timeout of the connection that sends the KILL.
+// Connect, read and write timeout of the connection that sends a KILL QUERY (to servers without per-statement
+// limits): that connection runs on a thread of its own, which this bounds.
 constexpr milliseconds kill_grace{2000};
 // Without a stop_token to watch, poll sleeps until the deadline; with one, it wakes this often to look.
 constexpr milliseconds stop_poll_slice{20};
@@ -85,30 +87,38 @@ void use_tls(MYSQL* m, const Endpoint& ep) {
 }
 
 /// Stops the statement running on connection `thread_id` from a connection of its own, as PQcancel does for
-/// PostgreSQL. Blocking, bounded by kill_grace per step. Returns an empty string or why it failed.
-std::string kill_query(const Endpoint& ep, unsigned long thread_id) {
-  ConnPtr killer(new_handle());
-  if (!killer) return "out of memory";
-  const unsigned int secs = whole_seconds(kill_grace);
-  mysql_options(killer.get(), MYSQL_OPT_CONNECT_TIMEOUT, &secs);
-  mysql_options(killer.get(), MYSQL_OPT_READ_TIMEOUT, &secs);
-  mysql_options(killer.get(), MYSQL_OPT_WRITE_TIMEOUT, &secs);
-  use_tls(killer.get(), ep);
-  if (mysql_real_connect(killer.get(), or_null(ep.host), ep.user.c_str(), ep.password.c_str(), nullptr, ep.port,
-                         or_null(ep.socket), 0) == nullptr)
-    return describe_error(killer.get());
-  const std::string sql = "KILL QUERY " + std::to_string(thread_id);
-  if (mysql_real_query(killer.get(), sql.data(), sql.size()) != 0) return describe_error(killer.get());
-  return {};
+/// PostgreSQL, on a detached thread: nothing waits for it. Only for servers that cannot bound a statement
+/// themselves (MySQL 8; MariaDB statements carry max_statement_time). Each of its steps is bounded by kill_grace.
+void kill_query_in_background(const Endpoint& ep, unsigned long thread_id) {
+  try {
+    std::thread([ep, thread_id] {
+      ConnPtr killer(new_handle());
+      if (!killer) return;
+      const unsigned int secs = whole_seconds(kill_grace);
+      mysql_options(killer.get(), MYSQL_OPT_CONNECT_TIMEOUT, &secs);
+      mysql_options(killer.get(), MYSQL_OPT_READ_TIMEOUT, &secs);
+      mysql_options(killer.get(), MYSQL_OPT_WRITE_TIMEOUT, &secs);
+      use_tls(killer.get(), ep);
+      if (mysql_real_connect(killer.get(), or_null(ep.host), ep.user.c_str(), ep.password.c_str(), nullptr, ep.port,
+                             or_null(ep.socket), 0) == nullptr)
+        return;
+      if (ep.tls != Endpoint::Tls::off && mysql_get_ssl_cipher(killer.get()) == nullptr) return;  // never in clear
+      const std::string sql = "KILL QUERY " + std::to_string(thread_id);
+      mysql_real_query(killer.get(), sql.data(), sql.size());
+    }).detach();
+  } catch (...) {  // no thread to be had: the statement ends by itself, or with its connection
+  }
 }
 
-/// Runs Connector/C non-blocking calls to completion while watching the deadline and the stop token. When
-/// either comes and `may_kill`, it sends KILL QUERY and waits a grace period for the statement to end; when
-/// that passes too (or at once, if !may_kill), it shuts the socket down so the call ends with an error.
+/// Runs Connector/C non-blocking calls to completion while watching the deadline and the stop token. When either
+/// comes, it gives up at once: the socket is shut down, so the call ends with an error and the connection is
+/// unusable. Giving up never waits on the network. It also asks the server (from a background thread) to stop the
+/// statement: on a stop request always, at the deadline only with `kill` (MariaDB statements carry their own
+/// max_statement_time instead).
 class Driver {
  public:
-  Driver(MYSQL* conn, const Endpoint& ep, const OpContext& ctx, bool may_kill)
-      : conn_(conn), ep_(ep), ctx_(ctx), may_kill_(may_kill), thread_id_(mysql_thread_id(conn)) {}
+  Driver(MYSQL* conn, const Endpoint& ep, const OpContext& ctx, bool kill)
+      : conn_(conn), ep_(ep), ctx_(ctx), kill_(kill), thread_id_(mysql_thread_id(conn)) {}
 
   /// `start()` and `cont(events)` return Connector/C's wait status (0: done). Returns false when the call had
   /// to be abandoned (the socket is shut down, the connection is unusable).
@@ -128,7 +138,6 @@ class Driver {
 
   bool stopping() const noexcept { return stopping_; }
   errc reason() const noexcept { return reason_; }
-  const std::string& kill_failure() const noexcept { return kill_failure_; }
 
  private:
   /// Waits for what Connector/C asked for; returns the events to pass on, or -1 to give up.
@@ -138,23 +147,21 @@ class Driver {
                                             ? Clock::now() + milliseconds{mysql_get_timeout_value_ms(conn_)}
                                             : Clock::time_point::max();
     while (true) {
-      Clock::time_point now = Clock::now();
-      if (!stopping_ && (ctx_.stop.stop_requested() || now >= ctx_.deadline)) {
+      const Clock::time_point now = Clock::now();
+      if (ctx_.stop.stop_requested() || now >= ctx_.deadline) {
         stopping_ = true;
         reason_ = ctx_.stop.stop_requested() ? errc::cancelled : errc::timeout;
-        if (!may_kill_) return -1;
-        kill_failure_ = kill_query(ep_, thread_id_);
-        now = Clock::now();
-        give_up_ = now + kill_grace;
+        // A deadline is the server's own limit too (max_statement_time); a stop request comes at any time.
+        if (kill_ || reason_ == errc::cancelled) kill_query_in_background(ep_, thread_id_);
+        return -1;
       }
-      if (stopping_ && now >= give_up_) return -1;
       if (now >= lib_until) return MYSQL_WAIT_TIMEOUT;
-      const Clock::time_point until = std::min(stopping_ ? give_up_ : ctx_.deadline, lib_until);
+      const Clock::time_point until = std::min(ctx_.deadline, lib_until);
       pollfd p{fd, 0, 0};
       if ((status & MYSQL_WAIT_READ) != 0) p.events |= POLLIN;
       if ((status & MYSQL_WAIT_WRITE) != 0) p.events |= POLLOUT;
       if ((status & MYSQL_WAIT_EXCEPT) != 0) p.events |= POLLPRI;
-      const int n = ::poll(&p, 1, poll_ms(until, !stopping_ && ctx_.stop.stop_possible()));
+      const int n = ::poll(&p, 1, poll_ms(until, ctx_.stop.stop_possible()));
       if (n < 0 && errno != EINTR) return status & (MYSQL_WAIT_READ | MYSQL_WAIT_WRITE);  // let it see the error
       if (n > 0) {
         int events = 0;
@@ -178,12 +185,10 @@ class Driver {
   MYSQL* const conn_;
   const Endpoint& ep_;
   const OpContext& ctx_;
-  const bool may_kill_;
+  const bool kill_;
   const unsigned long thread_id_;
   bool stopping_ = false;
   errc reason_ = errc::timeout;
-  Clock::time_point give_up_{};
-  std::string kill_failure_;
 };
 
 std::string percent_decode(std::string_view s, bool& ok) {
@@ -328,6 +333,24 @@ Endpoint parse_url(std::string_view url) {
   return ep;
 }
 
+bool has_statement_limits(MYSQL* conn) {
+  const char* info = mysql_get_server_info(conn);
+  return info != nullptr && std::string_view(info).find("MariaDB") != std::string_view::npos;
+}
+
+std::string statement_limit(MYSQL* conn, const OpContext& ctx) {
+  if (!has_statement_limits(conn)) return {};
+  // A little inside the call's deadline, so that the server's own error, not our giving up, usually ends it and
+  // the connection stays usable.
+  const auto left = std::chrono::duration_cast<std::chrono::microseconds>(ctx.deadline - Clock::now());
+  const auto limit = std::max<std::chrono::microseconds>(
+      std::chrono::milliseconds(1), left - std::min<std::chrono::microseconds>(std::chrono::milliseconds(100), left / 10));
+  char text[64];
+  std::snprintf(text, sizeof text, "SET STATEMENT max_statement_time=%lld.%06lld FOR ",
+                static_cast<long long>(limit.count() / 1'000'000), static_cast<long long>(limit.count() % 1'000'000));
+  return text;
+}
+
 bool has_insert_returning(MYSQL* conn) {
   const char* info = mysql_get_server_info(conn);
   constexpr unsigned long mariadb_10_5 = 100500;
@@ -408,14 +431,13 @@ std::vector<Answer> run(MYSQL* conn, const Endpoint& endpoint, std::string_view 
                         std::error_code& ec, RunState& state) {
   const NonBlockingTls non_blocking(conn);
   std::vector<Answer> answers;
-  Driver driver(conn, endpoint, ctx, /*may_kill=*/true);
+  Driver driver(conn, endpoint, ctx, /*kill=*/!has_statement_limits(conn));
   auto give_up = [&] {
     state.sent = true;
     state.broken = true;
     fail(ec, driver.reason(),
-         "the server did not end the statement within " + std::to_string(kill_grace.count()) + " ms of KILL QUERY" +
-             (driver.kill_failure().empty() ? "" : " (" + driver.kill_failure() + ")") +
-             "; the connection was shut down");
+         std::string(driver.reason() == errc::cancelled ? "cancelled" : "the deadline passed") +
+             " before the server answered; the connection was shut down");
     return std::move(answers);
   };
 
@@ -479,14 +501,16 @@ ConnPtr connect(const Endpoint& endpoint, Clock::time_point deadline, millisecon
   mysql_options(m, MYSQL_OPT_RECONNECT, &no);  // a reconnect would silently drop the session's state
   mysql_options(m, MYSQL_OPT_LOCAL_INFILE, &no_infile);
   mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &secs);
-  // Every statement must commit on its own, whatever the server's default (init_connect, autocommit=0).
-  mysql_options(m, MYSQL_INIT_COMMAND, "SET autocommit = 1");
+  // Every statement must commit on its own, whatever the server's default (init_connect, autocommit=0); and its
+  // SQL means what it says whatever the server's sql_mode (ORACLE's SIMULTANEOUS_ASSIGNMENT, ANSI_QUOTES, ...).
+  mysql_options(m, MYSQL_INIT_COMMAND,
+                "SET autocommit = 1, sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'");
   mysql_optionsv(m, MYSQL_OPT_CONNECT_ATTR_ADD, "program_name", "distrlock");
   use_tls(m, endpoint);
 
   const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
   const OpContext ctx{limit, {}, {}};
-  Driver driver(m, endpoint, ctx, /*may_kill=*/false);
+  Driver driver(m, endpoint, ctx, /*kill=*/false);
   MYSQL* ret = nullptr;
   const bool finished = driver.complete(
       [&] {

@@ -53,6 +53,12 @@ Endpoint parse_url(std::string_view url);
 /// 10.5 and later (MySQL 8 has no RETURNING). Read from the handshake: no round trip.
 bool has_insert_returning(MYSQL* conn);
 
+/// Whether the server bounds a statement itself (MariaDB's SET STATEMENT max_statement_time=... FOR ...).
+bool has_statement_limits(MYSQL* conn);
+/// "SET STATEMENT max_statement_time=S FOR " with S a little inside ctx's deadline, on a server that has it;
+/// "" elsewhere. Prefixed to each statement, so that the server ends it on its own, with no second connection.
+std::string statement_limit(MYSQL* conn, const OpContext& ctx);
+
 /// Maps a MySQL/MariaDB server error number or Connector/C client error number to the library's error code.
 /// The one place where native codes become distrlock codes.
 errc map_errno(unsigned int code);
@@ -71,10 +77,9 @@ struct Answer {
 };
 
 /// Sends `sql` (one statement, or several separated by ';' on a connection opened with multi-statements) as
-/// one packet and reads every answer, until ctx.deadline or ctx.stop. If either comes first, the running
-/// statement is stopped on the server with KILL QUERY sent over a separate connection to `endpoint`
-/// (ErrorCode errc::timeout or errc::cancelled), and its answer is still read, so the connection stays usable.
-/// If the server does not answer within a grace period, the socket is shut down: state.broken.
+/// one packet and reads every answer, until ctx.deadline or ctx.stop and never later. If either comes first, the
+/// socket is shut down (state.broken; errc::timeout or errc::cancelled); on a server without statement limits,
+/// a KILL QUERY is also sent to `endpoint` from a background thread that nothing waits for.
 /// On failure sets `ec` and the last detail, and returns the answers read before it.
 std::vector<Answer> run(MYSQL* conn, const Endpoint& endpoint, std::string_view sql, const OpContext& ctx,
                         std::error_code& ec, RunState& state);
