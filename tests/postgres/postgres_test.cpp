@@ -143,9 +143,9 @@ TEST_F(Postgres, AClientClockSkewedByTwoHoursChangesNoOutcome) {
   }
 }
 
-TEST_F(Postgres, AStatementPastItsDeadlineIsCancelledOnTheServerAndTheConnectionStaysUsable) {
+TEST_F(Postgres, AStatementPastItsDeadlineEndsOnTheServerSoonAfterItsConnectionIsDropped) {
   distrlock::Options o;
-  o.pool_size = 1;  // the next call must reuse the very connection whose statement was cancelled
+  o.pool_size = 1;
   auto single = open(o);
   admin_->query("BEGIN");
   distrlock::Lock blocker = manager_->lock(key_);
@@ -156,21 +156,21 @@ TEST_F(Postgres, AStatementPastItsDeadlineIsCancelledOnTheServerAndTheConnection
   const auto started = Clock::now();
   EXPECT_FALSE(waiter.try_acquire(30s, ec, Call{.deadline = Clock::now() + 300ms}));
   EXPECT_EQ(ec, errc::timeout);
-  EXPECT_LT(Clock::now() - started, 2s);
-  EXPECT_EQ(admin_->query("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'distrlock' AND "
-                          "wait_event_type = 'Lock'"),
-            "0")
-      << "the blocked statement is still running on the server";
-  const std::string pids_query =
-      "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE application_name = "
-      "'distrlock' AND datname = current_database()";
-  const std::string pids_after_timeout = admin_->query(pids_query);
+  // Giving up never waits on the network: the call ends at its deadline (slack: 250 ms of scheduling).
+  EXPECT_LT(Clock::now() - started, 300ms + 250ms);
+  // The connection was dropped; the server notices within client_connection_check_interval (250 ms) and ends
+  // the statement instead of letting it wait for the row (and perhaps grant the key to nobody). Slack: 1 s.
+  const auto give_up = Clock::now() + 250ms + 1s;
+  std::string waiting;
+  while ((waiting = admin_->query("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'distrlock' "
+                                  "AND wait_event_type = 'Lock'")) != "0" &&
+         Clock::now() < give_up)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(waiting, "0") << "the blocked statement is still running on the server";
   admin_->query("ROLLBACK");
 
   distrlock::Lock later = single.lock(key_ + "/later");
-  EXPECT_TRUE(later.try_acquire(30s));
-  EXPECT_EQ(admin_->query(pids_query), pids_after_timeout)
-      << "the pool of one must have kept and reused the connection whose statement was cancelled";
+  EXPECT_TRUE(later.try_acquire(30s)) << "the pool of one replaced the connection it dropped";
 }
 
 TEST_F(Postgres, TheNextOperationSucceedsAfterTheLibrarysConnectionIsTerminated) {
