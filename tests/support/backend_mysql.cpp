@@ -87,6 +87,9 @@ class MysqlSession final : public CallerSession {
     query("CREATE DATABASE " + name, nullptr);
     return name;
   }
+  void steal_key(std::string_view key) override {
+    query("UPDATE distributed_locks SET token = 'thief' WHERE `key` = '" + std::string(key) + "'", nullptr);
+  }
   void steal(std::string_view token) override {
     query("UPDATE distributed_locks SET token = 'thief' WHERE token = '" + std::string(token) + "'", nullptr);
   }

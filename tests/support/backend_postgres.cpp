@@ -36,6 +36,10 @@ class PostgresSession final : public CallerSession {
     query("CREATE SCHEMA " + name, nullptr);
     return name;
   }
+  void steal_key(std::string_view key) override {
+    query("UPDATE distributed_locks SET token = 'thief' WHERE key = convert_to('" + std::string(key) + "', 'UTF8')",
+          nullptr);
+  }
   void steal(std::string_view token) override {
     query("UPDATE distributed_locks SET token = 'thief' WHERE token = '" + std::string(token) + "'", nullptr);
   }

@@ -72,6 +72,11 @@ class SqliteSession final : public CallerSession {
   }
 
   // Keys and tokens are BLOBs: compare and store them as such.
+  void steal_key(std::string_view key) override {
+    query("UPDATE distributed_locks SET token = CAST('thief' AS BLOB) WHERE key = CAST('" + std::string(key) +
+              "' AS BLOB)",
+          nullptr);
+  }
   void steal(std::string_view token) override {
     query("UPDATE distributed_locks SET token = CAST('thief' AS BLOB) WHERE token = CAST('" + std::string(token) +
               "' AS BLOB)",

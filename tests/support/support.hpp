@@ -28,6 +28,8 @@ class CallerSession {
   /// Gives the lease held by `token` in the default table to another token, as a takeover behind the
   /// holder's back (a paused holder whose lease expired and was re-granted) would.
   virtual void steal(std::string_view token) = 0;
+  /// The same for whatever token holds `key` (ASCII) in the default table.
+  virtual void steal_key(std::string_view key) = 0;
 };
 
 struct BackendUnderTest {
