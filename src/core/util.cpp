@@ -3,6 +3,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdio>
@@ -110,17 +111,21 @@ std::string mask_password(std::string_view url) {
   const std::size_t scheme = s.find("://");
   if (scheme != std::string::npos) {
     const std::size_t auth_start = scheme + 3;
-    const std::size_t auth_end = s.find_first_of("/?#", auth_start);
-    const std::size_t at = s.rfind('@', auth_end == std::string::npos ? std::string::npos : auth_end);
+    // The user info ends at the last '@' before the query: a password may hold an unencoded '/'.
+    const std::size_t query = s.find_first_of("?#", auth_start);
+    const std::size_t at = s.rfind('@', query == std::string::npos ? std::string::npos : query);
     if (at != std::string::npos && at > auth_start) {
       const std::size_t colon = s.find(':', auth_start);
-      if (colon != std::string::npos && colon < at) s.replace(colon + 1, at - colon - 1, "***");
+      if (colon != std::string::npos && colon < at) {
+        s.replace(colon + 1, at - colon - 1, "***");
+      }
     }
-    // A password may also ride in the query string.
-    const std::size_t q = s.find("password=");
-    if (q != std::string::npos) {
-      const std::size_t end = s.find('&', q);
-      s.replace(q + 9, (end == std::string::npos ? s.size() : end) - q - 9, "***");
+    // Passwords may also ride in the query string, more than one (password=, sslpassword=, ...).
+    for (std::size_t q = s.find("password=", std::min(s.size(), s.find('?'))); q != std::string::npos;
+         q = s.find("password=", q + 1)) {
+      const std::size_t value = q + 9;
+      const std::size_t end = s.find('&', value);
+      s.replace(value, (end == std::string::npos ? s.size() : end) - value, "***");
     }
     return s;
   }

@@ -161,3 +161,41 @@ INSTANTIATE_TEST_SUITE_P(Mariadb, MariadbSqlMode, ::testing::Values("mysql", "my
 
 }  // namespace
 }  // namespace dltest
+
+namespace dltest {
+namespace {
+
+/// A caller's session whose durability setting can be read back, and the SQL to lower and read it.
+struct DurabilityCase {
+  std::string backend;
+  std::string lower;  // makes the session's commits non-durable
+  std::string read;   // the session's setting afterwards
+  std::string durable;
+};
+
+class CallerDurability : public ::testing::TestWithParam<DurabilityCase> {};
+
+TEST_P(CallerDurability, AGrantOnACallersConnectionCommitsDurablyWhateverTheSessionSays) {
+  const BackendUnderTest& b = backend(GetParam().backend);
+  const std::string url = server_url(b);
+  ASSERT_FALSE(url.empty());
+  distrlock::Manager manager = distrlock::Manager::open(url);
+  manager.migrate();
+  auto caller = b.open_session(url);
+  caller->query(GetParam().lower);
+  caller->query(b.isolation_levels.front().second);
+  distrlock::Lock lock = manager.lock(unique_key("durable"));
+  ASSERT_TRUE(lock.try_acquire(30s, distrlock::Call{.connection = caller->native()}));
+  EXPECT_EQ(caller->query(GetParam().read), GetParam().durable)
+      << "the grant commits with the caller's transaction, which would not wait for the disk";
+  caller->query("COMMIT");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Backends, CallerDurability,
+    ::testing::Values(DurabilityCase{"postgres", "SET synchronous_commit = off", "SHOW synchronous_commit", "on"},
+                      DurabilityCase{"sqlite", "PRAGMA synchronous = OFF", "PRAGMA synchronous", "2"}),
+    [](const auto& i) { return i.param.backend; });
+
+}  // namespace
+}  // namespace dltest

@@ -148,6 +148,8 @@ class SqliteBackend final : public Backend {
     AcquireResult out;
     if (!check_ttl(ttl, ec)) return out;
     on_handle(ctx, ec, [&](Session& s) {
+      durable(s, ctx, ec);
+      if (ec) return;
       const std::vector<Row> rows = s.run(acquire_stmt, sql_[acquire_stmt], ctx, ec, [&](sqlite3_stmt* st) {
         sqlite::bind_blob(st, 1, key);
         sqlite::bind_blob(st, 2, token);
@@ -168,6 +170,8 @@ class SqliteBackend final : public Backend {
     milliseconds left{-1};
     if (!check_ttl(ttl, ec)) return left;
     on_handle(ctx, ec, [&](Session& s) {
+      durable(s, ctx, ec);
+      if (ec) return;
       const std::vector<Row> rows =
           s.run(extend_stmt, sql_[extend_stmt], ctx, ec, [&](sqlite3_stmt* st) { bind_extend(st, key, token, ttl); });
       if (!ec && !rows.empty()) left = left_of(rows[0], 0);
@@ -195,6 +199,8 @@ class SqliteBackend final : public Backend {
     std::vector<milliseconds> left(requests.size(), milliseconds{-1});
     if (requests.empty()) return left;
     on_handle(ctx, ec, [&](Session& s) {
+      durable(s, ctx, ec);
+      if (ec) return;
       transaction(s, ctx, ec, [&] {
         for (std::size_t i = 0; i < requests.size() && !ec; ++i) {
           const ExtendRequest& r = requests[i];
@@ -321,6 +327,16 @@ class SqliteBackend final : public Backend {
     if (ttl.count() <= max_ttl_ms) return true;
     fail(ec, errc::invalid_argument, "ttl must be at most a century (got " + std::to_string(ttl.count()) + " ms)");
     return false;
+  }
+
+  /// A grant or extension on a caller's handle commits with the caller's transaction, and must reach the disk
+  /// when it does, whatever the handle's synchronous setting: anything below FULL is raised to FULL, and left so
+  /// (the commit comes after this call). Our own handles are opened with FULL.
+  static void durable(Session& s, const OpContext& ctx, std::error_code& ec) {
+    if (!s.callers()) return;
+    const std::vector<Row> level = sqlite::exec(s.db(), "PRAGMA synchronous", ctx, ec);
+    if (ec || (!level.empty() && !level[0].empty() && level[0][0].integer >= 2)) return;  // FULL (2) or EXTRA (3)
+    sqlite::exec(s.db(), "PRAGMA synchronous = FULL", ctx, ec);
   }
 
   static void bind_extend(sqlite3_stmt* st, std::string_view key, std::string_view token, milliseconds ttl) {
