@@ -183,12 +183,30 @@ TEST_P(CallerDurability, AGrantOnACallersConnectionCommitsDurablyWhateverTheSess
   manager.migrate();
   auto caller = b.open_session(url);
   caller->query(GetParam().lower);
-  caller->query(b.isolation_levels.front().second);
+  if (GetParam().backend != "sqlite") caller->query(b.isolation_levels.front().second);  // SQLite: see below
   distrlock::Lock lock = manager.lock(unique_key("durable"));
   ASSERT_TRUE(lock.try_acquire(30s, distrlock::Call{.connection = caller->native()}));
   EXPECT_EQ(caller->query(GetParam().read), GetParam().durable)
       << "the grant commits with the caller's transaction, which would not wait for the disk";
+  if (GetParam().backend != "sqlite") caller->query("COMMIT");
+}
+
+TEST(CallerDurability, AGrantInsideASqliteTransactionThatIsNotDurableIsRefusedBeforeAnythingIsWritten) {
+  const BackendUnderTest& b = backend("sqlite");
+  const std::string url = server_url(b);
+  ASSERT_FALSE(url.empty());
+  distrlock::Manager manager = distrlock::Manager::open(url);
+  manager.migrate();
+  auto caller = b.open_session(url);
+  caller->query("PRAGMA synchronous = OFF");
+  caller->query("BEGIN");
+  const std::string key = unique_key("not-durable");
+  distrlock::Lock lock = manager.lock(key);
+  std::error_code ec;
+  EXPECT_FALSE(lock.try_acquire(30s, ec, distrlock::Call{.connection = caller->native()}));
+  EXPECT_EQ(ec, distrlock::errc::invalid_argument) << ec.message();
   caller->query("COMMIT");
+  EXPECT_EQ(manager.status({key}).at(0).fence, 0) << "nothing was written";
 }
 
 INSTANTIATE_TEST_SUITE_P(

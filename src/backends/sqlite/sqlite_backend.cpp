@@ -330,12 +330,20 @@ class SqliteBackend final : public Backend {
   }
 
   /// A grant or extension on a caller's handle commits with the caller's transaction, and must reach the disk
-  /// when it does, whatever the handle's synchronous setting: anything below FULL is raised to FULL, and left so
-  /// (the commit comes after this call). Our own handles are opened with FULL.
+  /// when it does, whatever the handle's synchronous setting. Below FULL, outside a transaction, it is raised to
+  /// FULL and left so; inside one, SQLite cannot change it, and the call fails with errc::invalid_argument before
+  /// anything is written. Our own handles are opened with FULL.
   static void durable(Session& s, const OpContext& ctx, std::error_code& ec) {
     if (!s.callers()) return;
     const std::vector<Row> level = sqlite::exec(s.db(), "PRAGMA synchronous", ctx, ec);
     if (ec || (!level.empty() && !level[0].empty() && level[0][0].integer >= 2)) return;  // FULL (2) or EXTRA (3)
+    if (sqlite3_get_autocommit(s.db()) == 0) {
+      fail(ec, errc::invalid_argument,
+           "the caller's SQLite handle has PRAGMA synchronous below FULL, so a grant committed with its transaction "
+           "could be lost in a crash and its fencing token granted again: set PRAGMA synchronous = FULL on it "
+           "before the transaction");
+      return;
+    }
     sqlite::exec(s.db(), "PRAGMA synchronous = FULL", ctx, ec);
   }
 
