@@ -86,3 +86,68 @@ INSTANTIATE_TEST_SUITE_P(ServerBackends, Partition, ::testing::ValuesIn(server_b
 
 }  // namespace
 }  // namespace dltest
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+
+namespace dltest {
+namespace {
+
+/// Runs `body` in a child process whose /etc/resolv.conf names a DNS server that never answers (a UDP socket of
+/// the child's own on 127.0.0.77:53 that reads nothing), in a mount namespace of its own so nothing else sees it.
+/// Returns the child's exit status; 100+ means the setup failed.
+template <class Body>
+int with_a_resolver_that_never_answers(Body body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    char dir[] = "/tmp/distrlock-dns-XXXXXX";
+    if (::mkdtemp(dir) == nullptr) ::_exit(101);
+    const std::string conf = std::string(dir) + "/resolv.conf";
+    std::ofstream(conf) << "nameserver 127.0.0.77\noptions timeout:5 attempts:2\n";
+    if (::unshare(CLONE_NEWNS) != 0) ::_exit(102);
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(103);
+    if (::mount(conf.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0) ::_exit(104);
+    const int udp = ::socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(53);
+    a.sin_addr.s_addr = htonl(0x7f00004d);  // 127.0.0.77
+    if (udp < 0 || ::bind(udp, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) ::_exit(105);
+    ::_exit(body());
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+TEST_P(Partition, AHostNameThatNeverResolvesFailsTheCallByItsDeadline) {
+  // The server's URL with its host replaced by a name only DNS could answer for.
+  std::string url = url_;
+  const std::size_t host = url.find("127.0.0.1");
+  ASSERT_NE(host, std::string::npos) << url;
+  url.replace(host, 9, "db.distrlock.test");
+  const int status = with_a_resolver_that_never_answers([&] {
+    distrlock::Options o = options();
+    o.connect_timeout = std::chrono::seconds(30);  // the call's deadline must be what bounds the lookup
+    distrlock::Manager m = distrlock::Manager::open(url, o);
+    distrlock::Lock lock = m.lock(key());
+    std::error_code ec;
+    const auto started = Clock::now();
+    lock.try_acquire(std::chrono::seconds(30), ec, distrlock::Call{.deadline = Clock::now() + std::chrono::milliseconds(500)});
+    const auto took = Clock::now() - started;
+    if (ec != distrlock::errc::unavailable && ec != distrlock::errc::timeout) return 1;
+    return took < std::chrono::milliseconds(500 + 500) ? 0 : 2;  // slack: 500 ms of scheduling
+  });
+  EXPECT_EQ(status, 0) << "1: the call did not fail as unavailable or timeout; 2: it ran past its deadline "
+                          "(the resolver waits 5 s per try); 100+: the test's setup failed";
+}
+
+}  // namespace
+}  // namespace dltest

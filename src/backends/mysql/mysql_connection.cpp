@@ -15,6 +15,7 @@
 #include <optional>
 #include <thread>
 
+#include "core/resolve.hpp"
 #include "core/state.hpp"
 #include "core/util.hpp"
 
@@ -509,12 +510,21 @@ ConnPtr connect(const Endpoint& endpoint, Clock::time_point deadline, millisecon
   use_tls(m, endpoint);
 
   const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
+  // Connector/C looks host names up with a blocking getaddrinfo inside its "non-blocking" connect: look the name
+  // up here, within the deadline, and connect to the address. Not with verify-identity, whose certificate check
+  // needs the name itself (there the lookup is bounded only by the resolver's own timeouts). "localhost" means
+  // the unix socket to MySQL clients, so it stays.
+  std::string host = endpoint.host;
+  if (!host.empty() && host != "localhost" && endpoint.tls != Endpoint::Tls::verify_identity) {
+    host = resolve_host(host, limit, ec);
+    if (ec) return nullptr;
+  }
   const OpContext ctx{limit, {}, {}};
   Driver driver(m, endpoint, ctx, /*kill=*/false);
   MYSQL* ret = nullptr;
   const bool finished = driver.complete(
       [&] {
-        return mysql_real_connect_start(&ret, m, or_null(endpoint.host), endpoint.user.c_str(),
+        return mysql_real_connect_start(&ret, m, or_null(host), endpoint.user.c_str(),
                                         endpoint.password.c_str(), or_null(endpoint.database), endpoint.port,
                                         or_null(endpoint.socket), CLIENT_MULTI_STATEMENTS);
       },

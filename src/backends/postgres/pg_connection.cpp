@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "core/resolve.hpp"
 #include "core/state.hpp"
 
 namespace distrlock::detail::pg {
@@ -138,15 +139,36 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
   //    release relaxes it for its own transaction only);
   //  * client_connection_check_interval: a statement whose client gave up and dropped the connection is ended by
   //    the server within this interval, instead of running on (and perhaps granting a key to nobody).
-  std::string options;
+  std::string options, host, hostaddr;
   if (PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), nullptr)) {
-    for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o)
-      if (std::string_view(o->keyword) == "options" && o->val != nullptr) options = o->val;
+    for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+      const std::string_view k = o->keyword;
+      if (o->val == nullptr) continue;
+      if (k == "options") options = o->val;
+      if (k == "host") host = o->val;
+      if (k == "hostaddr") hostaddr = o->val;
+    }
     PQconninfoFree(parsed);
   }
   options += " -c synchronous_commit=on -c client_connection_check_interval=250";
-  const char* keys[] = {"dbname", "fallback_application_name", "options", nullptr};
-  const char* values[] = {conninfo.c_str(), "distrlock", options.c_str(), nullptr};
+  const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
+  // libpq looks host names up inside PQconnectPoll, with getaddrinfo and no timeout: look them up here instead,
+  // within the deadline, and pass the addresses as hostaddr (host still names the server for TLS).
+  if (hostaddr.empty() && !host.empty() && host.find_first_of("/@") == std::string::npos) {
+    std::size_t start = 0;
+    while (true) {
+      const std::size_t comma = host.find(',', start);
+      const std::string name = host.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      const std::string address = resolve_host(name, limit, ec);
+      if (ec) return nullptr;
+      hostaddr += (start == 0 ? "" : ",") + address;
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
+  const char* keys[] = {"dbname", "fallback_application_name", "options", hostaddr.empty() ? nullptr : "hostaddr",
+                        nullptr};
+  const char* values[] = {conninfo.c_str(), "distrlock", options.c_str(), hostaddr.c_str(), nullptr};
   ConnPtr conn(PQconnectStartParams(keys, values, 1));
   if (!conn) {
     fail(ec, errc::unavailable, "out of memory opening a connection");
@@ -156,7 +178,6 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
     fail(ec, errc::unavailable, trimmed(PQerrorMessage(conn.get())));
     return nullptr;
   }
-  const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
   PostgresPollingStatusType st = PGRES_POLLING_WRITING;
   while (st != PGRES_POLLING_OK) {
     if (st == PGRES_POLLING_FAILED) {
