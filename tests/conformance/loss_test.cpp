@@ -19,7 +19,7 @@ TEST_P(ServerConformance, ABusyAnswerInACallersOpenTransactionHidesNoOtherLeaseF
   // Whatever that leaves behind on A's row must not cost B its extensions: a third process must never be granted
   // B while its holder still believes in it.
   distrlock::Manager holder = other_manager();
-  distrlock::Lease a = holder.acquire(key() + "/a", {.ttl = 60s});
+  distrlock::Lease a = holder.acquire(key() + "/a", {.ttl = 60s, .extend_every = 300ms});  // due during the test
   distrlock::Lease b = holder.acquire(key() + "/b", {.ttl = 3s});
   auto caller = session();
   caller->query(backend_->isolation_levels.at(1).second);  // each backend's second level: read committed

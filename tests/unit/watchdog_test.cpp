@@ -11,6 +11,8 @@
 #include <optional>
 #include <thread>
 
+#include <time.h>
+
 #include "core/lease_clock.hpp"
 #include "core/state.hpp"
 
@@ -250,6 +252,18 @@ TEST(Watchdog, DoExclusivelyReportsLeaseLostWhenTheFinalReleaseFindsTheKeyTaken)
       ec);
   EXPECT_EQ(ec, errc::lease_lost);
   EXPECT_FALSE(result.has_value());
+}
+
+TEST(Watchdog, LeaseDeadlinesAreKeptOnTheBootClock) {
+  // CLOCK_MONOTONIC (steady_clock) stops while the machine is suspended, CLOCK_BOOTTIME does not: a holder
+  // resumed after the server expired its lease must find its deadline passed. Suspend cannot be staged in a
+  // test; pin the clock the deadlines use instead.
+  timespec boot{};
+  ::clock_gettime(CLOCK_BOOTTIME, &boot);
+  const auto expected = std::chrono::seconds(boot.tv_sec) + std::chrono::nanoseconds(boot.tv_nsec);
+  const auto got = LeaseClock::now().time_since_epoch();
+  EXPECT_GE(got, expected);
+  EXPECT_LT(got - expected, std::chrono::milliseconds(100));
 }
 
 TEST(Watchdog, AMovedFromLeaseIsSafeToObserve) {
