@@ -217,3 +217,21 @@ INSTANTIATE_TEST_SUITE_P(
 
 }  // namespace
 }  // namespace dltest
+
+namespace dltest {
+namespace {
+
+TEST_P(Conformance, ALeaseThatOutlivesItsManagerIsStillExtendedAndThenReleased) {
+  std::optional<distrlock::Manager> owner = other_manager();
+  std::optional<distrlock::Lease> lease = owner->acquire(key(), {.ttl = 600ms, .extend_every = 150ms});
+  owner.reset();  // the Lease keeps what it needs of the Manager
+  std::this_thread::sleep_for(1500ms);  // longer than the TTL: only extensions keep it
+  EXPECT_FALSE(lease->lost());
+  distrlock::Lock rival = manager().lock(key());
+  EXPECT_FALSE(rival.try_acquire(30s)) << "the lease was not extended after its Manager was gone";
+  lease.reset();  // the last reference: releases, then the Manager's threads stop
+  EXPECT_TRUE(rival.try_acquire(30s)) << "the last Lease did not release the key";
+}
+
+}  // namespace
+}  // namespace dltest
