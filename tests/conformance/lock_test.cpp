@@ -1,5 +1,6 @@
 // The Lock operations, with the meaning the original package gave them.
 #include <atomic>
+#include <latch>
 #include <set>
 #include <thread>
 
@@ -44,11 +45,13 @@ TEST_P(Conformance, OfTenConcurrentAcquirersOfOneKeyExactlyOneWins) {
   std::atomic<int> wins{0};
   std::atomic<int> busy{0};
   std::atomic<int> other_errors{0};
+  std::latch start(10);  // every thread is ready before any sends its acquire
   std::vector<std::thread> threads;
   for (int i = 0; i < 10; ++i) {
     threads.emplace_back([&] {
       distrlock::Lock lock = manager().lock(key());
       std::error_code ec;
+      start.arrive_and_wait();
       lock.acquire(30s, 0ms, ec);
       if (!ec) {
         ++wins;
@@ -63,6 +66,87 @@ TEST_P(Conformance, OfTenConcurrentAcquirersOfOneKeyExactlyOneWins) {
   EXPECT_EQ(wins.load(), 1);
   EXPECT_EQ(busy.load(), 9);
   EXPECT_EQ(other_errors.load(), 0);
+}
+
+/// Ten Managers, as ten processes would have, each with its connection already open, race for a fresh key at
+/// one instant, twenty times over: each race has exactly one winner, and the losers are told the key is busy.
+TEST_P(Conformance, TenManagersRacingForAFreshKeyAtOnceGrantItToExactlyOne) {
+  constexpr int racers = 10;
+  constexpr int rounds = 20;
+  std::vector<distrlock::Manager> managers;
+  for (int i = 0; i < racers; ++i) {
+    managers.push_back(other_manager());
+    // Warm-up: open the pooled connection, so the race is between statements, not between connects.
+    ASSERT_TRUE(managers.back().lock(key() + "/warm-up/" + std::to_string(i)).try_acquire(30s));
+  }
+  for (int round = 0; round < rounds; ++round) {
+    const std::string k = key() + "/" + std::to_string(round);
+    std::atomic<int> wins{0};
+    std::atomic<int> busy{0};
+    std::atomic<int> errors{0};
+    std::latch start(racers);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < racers; ++i) {
+      threads.emplace_back([&, i] {
+        distrlock::Lock lock = managers[static_cast<std::size_t>(i)].lock(k);
+        std::error_code ec;
+        start.arrive_and_wait();
+        if (lock.try_acquire(30s, ec)) {
+          ++wins;
+        } else if (!ec) {
+          ++busy;
+        } else {
+          ++errors;
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(wins.load(), 1) << "round " << round;
+    EXPECT_EQ(busy.load(), racers - 1) << "round " << round;
+    EXPECT_EQ(errors.load(), 0) << "round " << round;
+  }
+}
+
+/// Ten Managers take one key in turn, each retrying every 10 ms; while one holds it (from its grant until it
+/// sends its release) no other Manager's grant may arrive. All start at one instant.
+TEST_P(Conformance, TenManagersRetryingEvery10msAllWinInTurnAndNeverTogether) {
+  constexpr int racers = 10;
+  std::vector<distrlock::Manager> managers;
+  for (int i = 0; i < racers; ++i) managers.push_back(other_manager());
+  std::atomic<int> wins{0};
+  std::atomic<int> holders{0};
+  std::atomic<int> max_holders{0};
+  std::atomic<int> errors{0};
+  std::latch start(racers);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < racers; ++i) {
+    threads.emplace_back([&, i] {
+      distrlock::Lock lock = managers[static_cast<std::size_t>(i)].lock(key());
+      start.arrive_and_wait();
+      const auto give_up = Clock::now() + 60s;
+      while (Clock::now() < give_up) {
+        std::error_code ec;
+        if (lock.try_acquire(30s, ec)) {
+          const int now_holding = ++holders;
+          int seen = max_holders.load();
+          while (now_holding > seen && !max_holders.compare_exchange_weak(seen, now_holding)) {
+          }
+          std::this_thread::sleep_for(5ms);
+          --holders;
+          lock.release(ec);
+          if (ec) ++errors;
+          ++wins;
+          return;
+        }
+        if (ec) ++errors;
+        std::this_thread::sleep_for(10ms);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wins.load(), racers);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(max_holders.load(), 1);
 }
 
 TEST_P(Conformance, TenWorkersRetryingEvery10msAllWinInTurn) {
@@ -115,21 +199,33 @@ TEST_P(Conformance, AStaticTokenReacquiresReleasesThenLosesToARandomToken) {
   first.acquire_with_static_token(token, 30s);
   const auto first_fence = first.fencing_token();
 
+  ASSERT_TRUE(first_fence.has_value());
+
   distrlock::Lock again = manager().lock(key());
   again.acquire_with_static_token(token, 30s);  // same token: re-acquires the held key
   EXPECT_EQ(again.token(), token);
-  EXPECT_GT(again.fencing_token(), first_fence);
+  ASSERT_TRUE(again.fencing_token().has_value());
+  EXPECT_GT(*again.fencing_token(), *first_fence);
+  const std::int64_t again_fence = *again.fencing_token();
 
   again.release();
+  EXPECT_FALSE(again.token().has_value());
 
+  // The released key goes to a random token, with a fresh grant ...
   distrlock::Lock random = manager().lock(key());
-  random.acquire(30s);
-  EXPECT_NE(random.token(), token);
+  ASSERT_TRUE(random.try_acquire(30s));
+  ASSERT_TRUE(random.fencing_token().has_value());
+  EXPECT_GT(*random.fencing_token(), again_fence);
 
+  // ... and the static token, which no longer holds it, is refused while the random token does.
   distrlock::Lock late = manager().lock(key());
   std::error_code ec;
   late.acquire_with_static_token(token, 30s, ec);
   EXPECT_EQ(ec, errc::already_acquired);
+  EXPECT_FALSE(late.token().has_value());
+  std::error_code extended;
+  random.extend(30s, extended);
+  EXPECT_FALSE(extended) << "the refused static token must not have disturbed the holder: " << extended.message();
 }
 
 TEST_P(Conformance, ExtendingAtHalfTheTtlKeepsTheLeaseAndAnUnextendedLeaseIsReleased) {
@@ -214,16 +310,27 @@ TEST_P(Conformance, ThrowingCallsThrowTheSameCodeTheirTwinsReport) {
 TEST_P(Conformance, FencingTokensStrictlyIncreaseOverAThousandMixedGrants) {
   const std::string static_token = "fence-" + unique_key();
   std::vector<std::int64_t> fences;
-  auto record = [&](const distrlock::Lock& lock) { fences.push_back(lock.fencing_token().value_or(-1)); };
-  while (fences.size() < 1000) {
+  bool missing = false;
+  auto record = [&](const distrlock::Lock& lock) {
+    if (!lock.fencing_token().has_value()) {
+      ADD_FAILURE() << "grant " << fences.size() << " reported no fencing token";
+      missing = true;
+      return;
+    }
+    fences.push_back(*lock.fencing_token());
+  };
+  while (fences.size() < 1000 && !missing) {
     distrlock::Lock lock = manager().lock(key());
-    switch (fences.size() % 10) {
-      case 0:  // a grant left to expire; the next grant takes the expired row over
-        ASSERT_TRUE(lock.try_acquire(20ms));
+    // Every 50th grant is left to expire (at the shortest TTL allowed, plus 50 ms for the server's clock to
+    // pass it): the next grant takes the expired row over.
+    const bool expire = fences.size() % 50 == 0;
+    switch (expire ? 0 : 2 + fences.size() % 10) {
+      case 0:
+        ASSERT_TRUE(lock.try_acquire(distrlock::min_ttl));
         record(lock);
-        std::this_thread::sleep_for(30ms);
+        std::this_thread::sleep_for(distrlock::min_ttl + 50ms);
         break;
-      case 1:  // a static-token grant, re-acquired while held (a second grant), then released
+      case 3:  // a static-token grant, re-acquired while held (a second grant), then released
         lock.acquire_with_static_token(static_token, 30s);
         record(lock);
         lock.acquire_with_static_token(static_token, 30s);
@@ -236,6 +343,8 @@ TEST_P(Conformance, FencingTokensStrictlyIncreaseOverAThousandMixedGrants) {
         lock.release();
     }
   }
+  ASSERT_FALSE(fences.empty());
+  EXPECT_GE(fences.front(), 1) << "fencing tokens start at 1 on a fresh key";
   for (std::size_t i = 1; i < fences.size(); ++i) ASSERT_GT(fences[i], fences[i - 1]) << "grant " << i;
 }
 
