@@ -6,6 +6,7 @@
 #include <future>
 #include <thread>
 
+#include "relay.hpp"
 #include "support.hpp"
 
 namespace dltest {
@@ -64,6 +65,61 @@ TEST_F(Postgres, AcquireExtendAndReleaseAreOneStatementEach) {
     lock.release();
   }
   EXPECT_EQ(statements(), 4 * cycles) << "every operation must be exactly one statement, with no BEGIN/COMMIT";
+}
+
+/// 20 cycles of {grant, busy answer, extend, release}, and the client-to-server bursts (round trips) that a
+/// dltest::Relay between the library and the server counted over them. pg_stat_statements counts executions,
+/// so a re-prepare or a BEGIN/COMMIT pair around each statement would pass it; the relay sees every exchange.
+struct RoundTrips {
+  long cycles = 20;
+  long bursts = 0;
+};
+
+TEST_F(Postgres, AcquireExtendAndReleaseAreOneRoundTripEachOnAPooledConnection) {
+  Relay relay("127.0.0.1", url_port(url_));
+  distrlock::Options o;
+  o.pool_size = 1;
+  auto m = distrlock::Manager::open(relay.rewrite(url_), o);
+  distrlock::Lock lock = m.lock(key_);
+  distrlock::Lock rival = m.lock(key_);
+  // Warm-up: opens the pooled connection and prepares every statement the cycle uses.
+  ASSERT_TRUE(lock.try_acquire(30s));
+  ASSERT_FALSE(rival.try_acquire(30s));
+  lock.extend();
+  lock.release();
+  ASSERT_EQ(relay.connections(), 1U) << "the pool of one must have gone through the relay";
+
+  RoundTrips n;
+  const auto before = relay.client_bursts();
+  for (long i = 0; i < n.cycles; ++i) {
+    ASSERT_TRUE(lock.try_acquire(30s));
+    ASSERT_FALSE(rival.try_acquire(30s));  // a busy answer, holder included, is one round trip too
+    lock.extend();
+    lock.release();
+  }
+  n.bursts = static_cast<long>(relay.client_bursts() - before);
+  EXPECT_EQ(n.bursts, 4 * n.cycles) << "every operation must be exactly one round trip";
+  EXPECT_EQ(relay.connections(), 1U) << "the pool must have kept its one connection";
+}
+
+TEST_F(Postgres, AcquireExtendAndReleaseAreOneRoundTripEachOnACallersConnection) {
+  Relay relay("127.0.0.1", url_port(url_));
+  auto caller = backend("postgres").open_session(relay.rewrite(url_));
+  const Call on_caller{.connection = caller->native()};
+  distrlock::Lock lock = manager_->lock(key_);
+  distrlock::Lock rival = manager_->lock(key_);
+  ASSERT_EQ(relay.connections(), 1U);
+
+  RoundTrips n;
+  const auto before = relay.client_bursts();
+  for (long i = 0; i < n.cycles; ++i) {
+    ASSERT_TRUE(lock.try_acquire(30s, on_caller));
+    ASSERT_FALSE(rival.try_acquire(30s, on_caller));
+    lock.extend(30s, on_caller);
+    lock.release(on_caller);
+  }
+  n.bursts = static_cast<long>(relay.client_bursts() - before);
+  EXPECT_EQ(n.bursts, 4 * n.cycles) << "every operation must be exactly one round trip, with no prepare";
 }
 
 TEST_F(Postgres, TheHeartbeatExtendsAThousandLeasesInAHandfulOfStatements) {
