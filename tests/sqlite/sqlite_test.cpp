@@ -1,4 +1,4 @@
-// SQLite-specific behaviour: many processes on one file, WAL, busy waits bounded by deadlines, SQLite's clock,
+// SQLite-specific behaviour (exclusion across processes is a conformance case, process_test.cpp): WAL, busy waits bounded by deadlines, SQLite's clock,
 // BLOB keys, the parent directory, migrations, and the caller's own sqlite3 handle.
 #include <dlfcn.h>
 #include <gtest/gtest.h>
@@ -125,35 +125,6 @@ class Sqlite : public ::testing::Test {
   std::optional<distrlock::Manager> manager_;
   std::string key_;
 };
-
-TEST_F(Sqlite, ManyProcessesOnOneFileNeverHoldAKeyAtTheSameTime) {
-  constexpr int processes = 8;
-  constexpr int rounds = 20;
-  const long long start = steady_ns(Clock::now() + 2s);  // every probe starts contending at this instant
-  std::vector<std::string> commands;
-  for (int i = 0; i < processes; ++i) {
-    commands.push_back(std::string(DISTRLOCK_SQLITE_PROBE) + " contend '" + url_ + "' '" + key_ + "' " +
-                       std::to_string(rounds) + " " + std::to_string(start));
-  }
-  struct Grant {
-    long long fence, granted, releasing;
-  };
-  std::vector<Grant> grants;
-  for (const Finished& f : run_all(commands)) {
-    EXPECT_EQ(f.status, 0) << f.output;
-    std::istringstream lines(f.output);
-    Grant g{};
-    while (lines >> g.fence >> g.granted >> g.releasing) grants.push_back(g);
-  }
-  ASSERT_EQ(grants.size(), static_cast<std::size_t>(processes * rounds));
-  std::sort(grants.begin(), grants.end(), [](const Grant& a, const Grant& b) { return a.fence < b.fence; });
-  for (std::size_t i = 1; i < grants.size(); ++i) {
-    ASSERT_GT(grants[i].fence, grants[i - 1].fence) << "two grants share a fencing token";
-    // Grant i-1 was released (after `releasing`) before grant i was made (before `granted`).
-    ASSERT_LE(grants[i - 1].releasing, grants[i].granted)
-        << "fences " << grants[i - 1].fence << " and " << grants[i].fence << " were held at the same time";
-  }
-}
 
 TEST_F(Sqlite, TheDatabaseFileIsInWalMode) {
   EXPECT_EQ(admin_->query("PRAGMA journal_mode"), "wal");
