@@ -310,27 +310,23 @@ TEST_P(Conformance, ThrowingCallsThrowTheSameCodeTheirTwinsReport) {
 TEST_P(Conformance, FencingTokensStrictlyIncreaseOverAThousandMixedGrants) {
   const std::string static_token = "fence-" + unique_key();
   std::vector<std::int64_t> fences;
-  bool missing = false;
   auto record = [&](const distrlock::Lock& lock) {
-    if (!lock.fencing_token().has_value()) {
-      ADD_FAILURE() << "grant " << fences.size() << " reported no fencing token";
-      missing = true;
-      return;
-    }
-    fences.push_back(*lock.fencing_token());
+    // A grant without a fencing token is a failure; its 0 then also breaks the strict order checked below.
+    if (!lock.fencing_token().has_value()) ADD_FAILURE() << "grant " << fences.size() << " reported no fencing token";
+    fences.push_back(lock.fencing_token().value_or(0));
   };
-  while (fences.size() < 1000 && !missing) {
+  while (fences.size() < 1000) {
     distrlock::Lock lock = manager().lock(key());
-    // Every 50th grant is left to expire (at the shortest TTL allowed, plus 50 ms for the server's clock to
-    // pass it): the next grant takes the expired row over.
-    const bool expire = fences.size() % 50 == 0;
-    switch (expire ? 0 : 2 + fences.size() % 10) {
-      case 0:
-        ASSERT_TRUE(lock.try_acquire(distrlock::min_ttl));
-        record(lock);
-        std::this_thread::sleep_for(distrlock::min_ttl + 50ms);
-        break;
-      case 3:  // a static-token grant, re-acquired while held (a second grant), then released
+    switch (fences.size() % 10) {
+      case 0:  // every fiftieth: a grant left to expire; the next grant takes the expired row over
+        if (fences.size() % 50 == 0) {
+          ASSERT_TRUE(lock.try_acquire(distrlock::min_ttl));
+          record(lock);
+          std::this_thread::sleep_for(distrlock::min_ttl + 10ms);
+          break;
+        }
+        [[fallthrough]];
+      case 1:  // a static-token grant, re-acquired while held (a second grant), then released
         lock.acquire_with_static_token(static_token, 30s);
         record(lock);
         lock.acquire_with_static_token(static_token, 30s);
