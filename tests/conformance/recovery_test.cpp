@@ -36,14 +36,19 @@ TEST_P(ServerConformance, ALeaseDestroyedWhileTheServerIsDownDoesNotThrowAndLogs
 TEST_P(ServerConformance, AnOperationAgainstAStoppedServerFailsWithUnavailableWithinItsDeadline) {
   const AttemptWhileDown a = try_acquire_while_the_server_is_down(500ms, 1s);
   EXPECT_EQ(a.ec, errc::unavailable) << a.ec.message();
-  EXPECT_LT(a.took, 3s);
+  // The 1 s deadline, plus 500 ms of slack for a loaded VM (a refused connect returns at once).
+  EXPECT_LT(a.took, 1500ms);
   EXPECT_FALSE(a.has_token);
 }
 
 TEST_P(ServerConformance, AnAcquireThatNeverReachedTheServerIsNotFollowedByAReleaseAttempt) {
   const AttemptWhileDown a = try_acquire_while_the_server_is_down(300ms, 500ms);
   EXPECT_EQ(a.ec, errc::unavailable) << a.ec.message();
-  // No connection, so no grant can have happened: the outcome is known and there is nothing to undo.
+  // No connection, so no grant can have happened: the outcome is known and there is nothing to undo. The call
+  // returns at its 500 ms deadline, plus 400 ms of slack for a loaded VM; a release attempt after it (up to
+  // 1 s of connection attempts) would overrun that. (That nothing is sent when no connection is free is
+  // counted through a relay in outcome_test.cpp.)
+  EXPECT_LT(a.took, 900ms);
   EXPECT_FALSE(log_.contains(distrlock::LogLevel::warning, "unknown outcome"))
       << ::testing::PrintToString(log_.lines());
 }

@@ -90,6 +90,11 @@ class MysqlSession final : public CallerSession {
   void steal(std::string_view token) override {
     query("UPDATE distributed_locks SET token = 'thief' WHERE token = '" + std::string(token) + "'", nullptr);
   }
+  void hold_row(std::string_view key) override {
+    query("START TRANSACTION", nullptr);
+    if (query("SELECT 1 FROM distributed_locks WHERE `key` = X'" + to_hex(key) + "' FOR UPDATE", nullptr) != "1")
+      ADD_FAILURE() << "hold_row: no row for the key";
+  }
 
  private:
   MYSQL* conn_;

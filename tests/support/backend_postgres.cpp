@@ -39,6 +39,12 @@ class PostgresSession final : public CallerSession {
   void steal(std::string_view token) override {
     query("UPDATE distributed_locks SET token = 'thief' WHERE token = '" + std::string(token) + "'", nullptr);
   }
+  void hold_row(std::string_view key) override {
+    query("BEGIN", nullptr);
+    if (query("SELECT 1 FROM distributed_locks WHERE key = decode('" + to_hex(key) + "', 'hex') FOR UPDATE",
+              nullptr) != "1")
+      ADD_FAILURE() << "hold_row: no row for the key";
+  }
 
  private:
   PGconn* conn_;

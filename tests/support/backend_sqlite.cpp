@@ -78,6 +78,8 @@ class SqliteSession final : public CallerSession {
           nullptr);
   }
 
+  void hold_row(std::string_view) override { query("BEGIN IMMEDIATE", nullptr); }
+
  private:
   sqlite3* db_ = nullptr;
 };

@@ -95,6 +95,16 @@ std::string server_url(const BackendUnderTest& b) {
   return url;
 }
 
+std::string to_hex(std::string_view bytes) {
+  static constexpr char digits[] = "0123456789ABCDEF";
+  std::string out;
+  for (const unsigned char c : bytes) {
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  }
+  return out;
+}
+
 std::string unique_key(std::string_view hint) { return "test/" + std::string(hint) + "/" + random_suffix(); }
 std::string unique_table() { return "t_" + random_suffix(); }
 

@@ -28,7 +28,14 @@ class CallerSession {
   /// Gives the lease held by `token` in the default table to another token, as a takeover behind the
   /// holder's back (a paused holder whose lease expired and was re-granted) would.
   virtual void steal(std::string_view token) = 0;
+  /// Opens a transaction that keeps the library from writing `key`'s row in the default table until this
+  /// session's ROLLBACK: the row locked FOR UPDATE on a server (it must exist), the database's write lock on
+  /// SQLite. Lets a test make a statement hang on the server for as long as it likes.
+  virtual void hold_row(std::string_view key) = 0;
 };
+
+/// `bytes` as upper-case hex digits, for SQL literals (X'..', decode('..', 'hex')).
+std::string to_hex(std::string_view bytes);
 
 struct BackendUnderTest {
   std::string name;     // "postgres"
