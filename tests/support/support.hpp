@@ -73,6 +73,11 @@ std::string unique_table();
 
 /// Runs `scripts/services ACTION SERVICE` and returns its exit status.
 int services(const std::string& action, const std::string& service);
+/// Crashes the server of `service` (in $DISTRLOCK_SERVICES_DIR, as scripts/services keeps it): PostgreSQL gets an
+/// immediate shutdown (SIGQUIT to the postmaster: no checkpoint, crash recovery at the next start), MariaDB a
+/// SIGKILL. Returns once the server process is gone (false, after a test failure, if it cannot). Bring it back
+/// with services("up", service).
+bool crash(const std::string& service);
 
 /// A logger that records every line, for asserting on what the library reported.
 class CapturedLog {
