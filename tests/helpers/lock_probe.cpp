@@ -15,6 +15,10 @@
 //       before the acquire was sent and after its grant came back), then sleeps until it is killed
 //   lock_probe wait URL KEY TTL_MS WAIT_MS
 //       acquire KEY, waiting up to WAIT_MS; prints "granted FENCE GOT_NS"
+//   lock_probe lease URL KEY TTL_MS HOLD_MS
+//       holds KEY as an auto-extended Lease for HOLD_MS, then releases it. Prints "granted FENCE WALL_S" once
+//       granted, then "held LOST WALL_S" after HOLD_MS (LOST: 1 if the lease was reported lost), then
+//       "released"; WALL_S is the wall clock (seconds since the epoch), which a test may fake
 // Any failure prints "error WHAT" and exits 1.
 #include <fcntl.h>
 #include <time.h>
@@ -94,6 +98,21 @@ int wait(const char* url, const char* key, milliseconds ttl, milliseconds wait_f
   return 0;
 }
 
+long long wall_s() { return duration_cast<seconds>(system_clock::now().time_since_epoch()).count(); }
+
+int lease(const char* url, const char* key, milliseconds ttl, milliseconds hold) {
+  auto manager = distrlock::Manager::open(url);
+  distrlock::Lease held = manager.acquire(key, {.ttl = ttl});
+  std::printf("granted %lld %lld\n", static_cast<long long>(held.fencing_token()), wall_s());
+  std::fflush(stdout);
+  std::this_thread::sleep_for(hold);  // steady_clock: the test fakes only the wall clock
+  std::printf("held %d %lld\n", held.lost() ? 1 : 0, wall_s());
+  std::fflush(stdout);
+  held.release();
+  std::printf("released\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,12 +127,15 @@ int main(int argc, char** argv) {
       return contend(argv[2], argv[3], std::stoi(argv[4]), milliseconds{std::stol(argv[5])}, argv[7]);
     }
     if (mode == "hold" && argc == 5) return hold(argv[2], argv[3], milliseconds{std::stol(argv[4])});
+    if (mode == "lease" && argc == 6)
+      return lease(argv[2], argv[3], milliseconds{std::stol(argv[4])}, milliseconds{std::stol(argv[5])});
     if (mode == "wait" && argc == 6)
       return wait(argv[2], argv[3], milliseconds{std::stol(argv[4])}, milliseconds{std::stol(argv[5])});
     if (argc != 4) {
       std::fprintf(stderr,
                    "usage: lock_probe clock | lock_probe URL KEY TTL_MS | lock_probe contend URL KEY ROUNDS HOLD_MS "
-                   "START_NS MARKER | lock_probe hold URL KEY TTL_MS | lock_probe wait URL KEY TTL_MS WAIT_MS\n");
+                   "START_NS MARKER | lock_probe hold URL KEY TTL_MS | lock_probe wait URL KEY TTL_MS WAIT_MS | "
+                   "lock_probe lease URL KEY TTL_MS HOLD_MS\n");
       return 64;
     }
     auto manager = distrlock::Manager::open(argv[1]);

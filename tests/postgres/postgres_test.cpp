@@ -3,6 +3,8 @@
 #include <libpq-fe.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <thread>
 
@@ -212,6 +214,63 @@ TEST_F(Postgres, AClientClockSkewedByTwoHoursChangesNoOutcome) {
     std::this_thread::sleep_for(2s);
     EXPECT_TRUE(after.try_acquire(30s));
   }
+}
+
+TEST_F(Postgres, AClientClockJumpWhileALeaseIsHeldChangesNothingForOthers) {
+  // The holder runs under libfaketime with its offset read from a file on every clock call, so the test can
+  // move the holder's wall clock while it holds an auto-extended lease (TTL 2 s, held 5 s).
+  std::string dir = (std::filesystem::temp_directory_path() / "distrlock-clockjump-XXXXXX").string();
+  ASSERT_NE(::mkdtemp(dir.data()), nullptr);
+  const std::string offset_file = dir + "/faketime";
+  auto set_offset = [&](const char* offset) { std::ofstream(offset_file) << offset << "\n"; };
+  set_offset("+0");
+  const std::string cmd = "LD_PRELOAD=" + std::string(DISTRLOCK_FAKETIME_LIB) + " FAKETIME_TIMESTAMP_FILE='" +
+                          offset_file +
+                          "' FAKETIME_NO_CACHE=1 FAKETIME_DONT_FAKE_MONOTONIC=1 DONT_FAKE_MONOTONIC=1 "
+                          "ASAN_OPTIONS=verify_asan_link_order=0 " +
+                          DISTRLOCK_LOCK_PROBE + " lease '" + url_ + "' '" + key_ + "' 2000 5000 2>&1";
+  FILE* holder = popen(cmd.c_str(), "r");
+  ASSERT_NE(holder, nullptr);
+  auto next_line = [&] {
+    char buf[512];
+    return std::fgets(buf, sizeof buf, holder) != nullptr ? std::string(buf) : std::string();
+  };
+  const std::string granted = next_line();
+  long long fence = 0, wall_at_grant = 0;
+  ASSERT_EQ(std::sscanf(granted.c_str(), "granted %lld %lld", &fence, &wall_at_grant), 2) << granted;
+
+  // While it holds the key, jump its clock 2 h ahead, then 3 h back; a rival on the real clock polls.
+  distrlock::Lock rival = manager_->lock(key_);
+  int rival_grants = 0;
+  const auto started = Clock::now();
+  bool ahead = false, back = false;
+  while (Clock::now() < started + 4500ms) {
+    if (!ahead && Clock::now() >= started + 1s) {
+      set_offset("+2h");
+      ahead = true;
+    }
+    if (!back && Clock::now() >= started + 2500ms) {
+      set_offset("-3h");
+      back = true;
+    }
+    if (rival.try_acquire(30s)) ++rival_grants;
+    std::this_thread::sleep_for(100ms);
+  }
+  const std::string held = next_line();
+  int lost = -1;
+  long long wall_at_end = 0;
+  ASSERT_EQ(std::sscanf(held.c_str(), "held %d %lld", &lost, &wall_at_end), 2) << held;
+  const std::string released = next_line();
+  const int status = pclose(holder);
+  std::filesystem::remove_all(dir);
+
+  // The jump really happened: 5 s after the grant the holder's wall clock read about 3 h earlier.
+  EXPECT_LT(wall_at_end - wall_at_grant, -3 * 3600 + 60) << granted << held;
+  EXPECT_EQ(rival_grants, 0) << "another client got the key while the holder's clock jumped";
+  EXPECT_EQ(lost, 0) << "the holder believed its lease lost because its wall clock jumped";
+  EXPECT_EQ(released, "released\n");
+  EXPECT_EQ(status, 0);
+  EXPECT_TRUE(rival.try_acquire(30s)) << "the holder's release must have freed the key";
 }
 
 TEST_F(Postgres, AStatementPastItsDeadlineIsCancelledOnTheServerAndTheConnectionStaysUsable) {
