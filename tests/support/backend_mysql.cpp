@@ -104,7 +104,7 @@ class MysqlSession final : public CallerSession {
 
 BackendUnderTest mysql_backend_under_test() {
   // MySQL has no BEGIN ISOLATION LEVEL: SET TRANSACTION applies to the next transaction only.
-  return BackendUnderTest{
+  BackendUnderTest b{
       "mysql",
       "DISTRLOCK_TEST_MYSQL",
       "mariadb",
@@ -115,6 +115,10 @@ BackendUnderTest mysql_backend_under_test() {
       [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<MysqlSession>(url); },
       "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ",
   };
+  b.default_begin = "START TRANSACTION";  // REPEATABLE READ, InnoDB's default
+  // InnoDB's INSERT ... ON DUPLICATE KEY UPDATE reads the latest committed row under its lock at every level.
+  b.levels_where_a_grant_committed_meanwhile_is_a_conflict = {};
+  return b;
 }
 
 BackendUnderTest mysql_portable_backend_under_test() {

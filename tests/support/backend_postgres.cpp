@@ -53,7 +53,7 @@ class PostgresSession final : public CallerSession {
 }  // namespace
 
 BackendUnderTest postgres_backend_under_test() {
-  return BackendUnderTest{
+  BackendUnderTest b{
       "postgres",
       "DISTRLOCK_TEST_PG",
       "postgres",
@@ -64,6 +64,11 @@ BackendUnderTest postgres_backend_under_test() {
       [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<PostgresSession>(url); },
       "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename IN ",
   };
+  b.default_begin = "BEGIN";  // READ COMMITTED unless the server or role says otherwise
+  // From REPEATABLE READ up, a row changed by a transaction that committed after the snapshot cannot be updated
+  // (SQLSTATE 40001, "could not serialize access due to concurrent update").
+  b.levels_where_a_grant_committed_meanwhile_is_a_conflict = {"repeatable_read", "serializable"};
+  return b;
 }
 
 }  // namespace dltest

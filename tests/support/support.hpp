@@ -48,6 +48,12 @@ struct BackendUnderTest {
   /// e.g. + "('a', 'b')".
   std::string count_tables_named;
   std::string url_suffix;  // a URL parameter added to the server's URL, e.g. "returning=off"
+  /// SQL that opens a transaction at the session's default level, as most applications do.
+  std::string default_begin = "BEGIN";
+  /// The levels (names in isolation_levels) at which an acquire that waited on another transaction's grant, which
+  /// then committed, fails with errc::conflict (a serialization failure: retry the transaction). At the
+  /// others it is a busy answer.
+  std::vector<std::string> levels_where_a_grant_committed_meanwhile_is_a_conflict;
 };
 
 /// Each backend's entry, defined in support/backend_<name>.cpp.
