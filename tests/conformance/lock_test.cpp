@@ -256,6 +256,7 @@ TEST_P(Conformance, AnExpiredLeaseCanBeTakenByAnotherToken) {
 TEST_P(Conformance, AcquireWithAWaitGetsTheKeyOnceTheHolderReleasesIt) {
   distrlock::Lock holder = manager().lock(key());
   holder.acquire(30s);
+  const auto started = Clock::now();
   std::thread releaser([&] {
     std::this_thread::sleep_for(300ms);
     holder.release();
@@ -263,9 +264,33 @@ TEST_P(Conformance, AcquireWithAWaitGetsTheKeyOnceTheHolderReleasesIt) {
   distrlock::Lock waiter = manager().lock(key());
   std::error_code ec;
   waiter.acquire(30s, 5s, ec);
+  const auto took = Clock::now() - started;
   releaser.join();
   EXPECT_FALSE(ec) << ec.message();
   EXPECT_TRUE(waiter.token().has_value());
+  // The release comes at 300 ms; a waiter retries at least every 250 ms (its longest backoff), so it has the key
+  // by 550 ms, plus 500 ms of slack for a loaded VM.
+  EXPECT_LT(took, 1050ms);
+}
+
+TEST_P(Conformance, AWaitingAcquireGetsTheKeyWhenTheHoldersLeaseExpires) {
+  distrlock::Lock holder = other_manager().lock(key());
+  const auto holder_sent = Clock::now();
+  ASSERT_TRUE(holder.try_acquire(1s));  // never extended, never released
+  const auto holder_got = Clock::now();
+  distrlock::Lock waiter = manager().lock(key());
+  std::error_code ec;
+  waiter.acquire(30s, 5s, ec);
+  const auto got = Clock::now();
+  EXPECT_FALSE(ec) << ec.message();
+  ASSERT_TRUE(waiter.fencing_token().has_value());
+  EXPECT_GT(*waiter.fencing_token(), *holder.fencing_token());
+  // Not before the holder's lease ran out (it began after holder_sent, on the server's clock, which this host
+  // shares) ...
+  EXPECT_GE(got - holder_sent, 1s) << "the key was granted while the holder's lease was valid";
+  // ... and soon after: a waiter sleeps no longer than the holder's time left, then retries; 500 ms of slack
+  // for a loaded VM.
+  EXPECT_LT(got - holder_got, 1500ms) << "the waiter was not woken by the holder's expiry";
 }
 
 TEST_P(Conformance, AcquireWithAWaitFailsWithAlreadyAcquiredWhenTheWaitRunsOut) {
@@ -277,6 +302,8 @@ TEST_P(Conformance, AcquireWithAWaitFailsWithAlreadyAcquiredWhenTheWaitRunsOut) 
   waiter.acquire(30s, 300ms, ec);
   EXPECT_EQ(ec, errc::already_acquired);
   EXPECT_GE(Clock::now() - started, 300ms);
+  // The wait ends when it runs out: 300 ms, plus 500 ms of slack for a loaded VM.
+  EXPECT_LT(Clock::now() - started, 800ms);
 }
 
 TEST_P(Conformance, AStopTokenCancelsAWaitingAcquire) {
@@ -289,9 +316,14 @@ TEST_P(Conformance, AStopTokenCancelsAWaitingAcquire) {
   });
   distrlock::Lock waiter = manager().lock(key());
   std::error_code ec;
+  const auto started = Clock::now();
   waiter.acquire(30s, 10s, ec, distrlock::Call{.stop = stop.get_token()});
+  const auto took = Clock::now() - started;
   canceller.join();
   EXPECT_EQ(ec, errc::cancelled);
+  // The stop comes at 200 ms and ends the wait at once: plus 500 ms of slack for a loaded VM.
+  EXPECT_LT(took, 700ms);
+  EXPECT_FALSE(waiter.token().has_value());
 }
 
 TEST_P(Conformance, ThrowingCallsThrowTheSameCodeTheirTwinsReport) {
