@@ -12,8 +12,10 @@ using distrlock::Clock;
 using distrlock::errc;
 
 TEST_P(Conformance, ALeaseOutlivesItsTtlWhileTheHeartbeatExtendsIt) {
-  distrlock::Lease lease = manager().acquire(key(), {.ttl = 600ms, .extend_every = 150ms});
-  std::this_thread::sleep_for(1500ms);
+  // 2 s with an extension every 500 ms leaves a 400 ms safety margin (ttl / 5): room for a statement on a loaded
+  // VM under TSan, which a 600 ms TTL's 120 ms did not always leave. Held for 1.5 TTLs.
+  distrlock::Lease lease = manager().acquire(key(), {.ttl = 2s, .extend_every = 500ms});
+  std::this_thread::sleep_for(3s);
   EXPECT_FALSE(lease.lost());
   distrlock::Lock rival = other_manager().lock(key());
   EXPECT_FALSE(rival.try_acquire(1s));

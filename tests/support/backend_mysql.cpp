@@ -93,6 +93,11 @@ class MysqlSession final : public CallerSession {
   void steal(std::string_view token) override {
     query("UPDATE distributed_locks SET token = 'thief' WHERE token = '" + std::string(token) + "'", nullptr);
   }
+  void hold_row(std::string_view key) override {
+    query("START TRANSACTION", nullptr);
+    if (query("SELECT 1 FROM distributed_locks WHERE `key` = X'" + to_hex(key) + "' FOR UPDATE", nullptr) != "1")
+      ADD_FAILURE() << "hold_row: no row for the key";
+  }
 
  private:
   MYSQL* conn_;
@@ -102,7 +107,7 @@ class MysqlSession final : public CallerSession {
 
 BackendUnderTest mysql_backend_under_test() {
   // MySQL has no BEGIN ISOLATION LEVEL: SET TRANSACTION applies to the next transaction only.
-  return BackendUnderTest{
+  BackendUnderTest b{
       "mysql",
       "DISTRLOCK_TEST_MYSQL",
       "mariadb",
@@ -113,6 +118,10 @@ BackendUnderTest mysql_backend_under_test() {
       [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<MysqlSession>(url); },
       "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ",
   };
+  b.default_begin = "START TRANSACTION";  // REPEATABLE READ, InnoDB's default
+  // InnoDB's INSERT ... ON DUPLICATE KEY UPDATE reads the latest committed row under its lock at every level.
+  b.levels_where_a_grant_committed_meanwhile_is_a_conflict = {};
+  return b;
 }
 
 BackendUnderTest mysql_portable_backend_under_test() {

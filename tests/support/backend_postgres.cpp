@@ -43,6 +43,12 @@ class PostgresSession final : public CallerSession {
   void steal(std::string_view token) override {
     query("UPDATE distributed_locks SET token = 'thief' WHERE token = '" + std::string(token) + "'", nullptr);
   }
+  void hold_row(std::string_view key) override {
+    query("BEGIN", nullptr);
+    if (query("SELECT 1 FROM distributed_locks WHERE key = decode('" + to_hex(key) + "', 'hex') FOR UPDATE",
+              nullptr) != "1")
+      ADD_FAILURE() << "hold_row: no row for the key";
+  }
 
  private:
   PGconn* conn_;
@@ -51,7 +57,7 @@ class PostgresSession final : public CallerSession {
 }  // namespace
 
 BackendUnderTest postgres_backend_under_test() {
-  return BackendUnderTest{
+  BackendUnderTest b{
       "postgres",
       "DISTRLOCK_TEST_PG",
       "postgres",
@@ -62,6 +68,11 @@ BackendUnderTest postgres_backend_under_test() {
       [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<PostgresSession>(url); },
       "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename IN ",
   };
+  b.default_begin = "BEGIN";  // READ COMMITTED unless the server or role says otherwise
+  // From REPEATABLE READ up, a row changed by a transaction that committed after the snapshot cannot be updated
+  // (SQLSTATE 40001, "could not serialize access due to concurrent update").
+  b.levels_where_a_grant_committed_meanwhile_is_a_conflict = {"repeatable_read", "serializable"};
+  return b;
 }
 
 }  // namespace dltest

@@ -83,6 +83,8 @@ class SqliteSession final : public CallerSession {
           nullptr);
   }
 
+  void hold_row(std::string_view) override { query("BEGIN IMMEDIATE", nullptr); }
+
  private:
   sqlite3* db_ = nullptr;
 };
@@ -90,7 +92,7 @@ class SqliteSession final : public CallerSession {
 }  // namespace
 
 BackendUnderTest sqlite_backend_under_test() {
-  return BackendUnderTest{
+  BackendUnderTest b{
       "sqlite",
       "DISTRLOCK_TEST_SQLITE",  // optional: unset, each test process gets a fresh file (see server_url)
       "",                       // embedded: no server to stop, restart or cut off
@@ -98,6 +100,9 @@ BackendUnderTest sqlite_backend_under_test() {
       [](const std::string& url) -> std::unique_ptr<CallerSession> { return std::make_unique<SqliteSession>(url); },
       "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ",
   };
+  b.default_begin = "BEGIN";  // DEFERRED
+  b.levels_where_a_grant_committed_meanwhile_is_a_conflict = {};
+  return b;
 }
 
 }  // namespace dltest

@@ -150,9 +150,12 @@ void Relay::run() {
   while (!stop_) {
     const bool forwarding = mode_.load() != Mode::hang;
     std::vector<pollfd> fds{{wake_[0], POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+    // While hanging, the pairs are not polled at all (a negative fd is skipped): POLLHUP and POLLERR are
+    // reported even for no requested events, so a peer that gave up would wake this loop over and over and
+    // spin a core until the mode changed.
     for (const Pair& p : pairs) {
-      fds.push_back({p.client, static_cast<short>(forwarding ? POLLIN : 0), 0});
-      fds.push_back({p.server, static_cast<short>(forwarding ? POLLIN : 0), 0});
+      fds.push_back({forwarding ? p.client : -1, POLLIN, 0});
+      fds.push_back({forwarding ? p.server : -1, POLLIN, 0});
     }
     if (::poll(fds.data(), fds.size(), 1000) < 0 && errno != EINTR) break;
     const std::size_t polled = pairs.size();  // pairs accepted below were not polled yet

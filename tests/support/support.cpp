@@ -2,10 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <signal.h>
+
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <thread>
 
 namespace dltest {
 namespace {
@@ -95,6 +100,16 @@ std::string server_url(const BackendUnderTest& b) {
   return url;
 }
 
+std::string to_hex(std::string_view bytes) {
+  static constexpr char digits[] = "0123456789ABCDEF";
+  std::string out;
+  for (const unsigned char c : bytes) {
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  }
+  return out;
+}
+
 std::string unique_key(std::string_view hint) { return "test/" + std::string(hint) + "/" + random_suffix(); }
 std::string unique_table() { return "t_" + random_suffix(); }
 
@@ -102,6 +117,56 @@ int services(const std::string& action, const std::string& service) {
   const std::string cmd = std::string(DISTRLOCK_SOURCE_DIR) + "/scripts/services " + action + " " + service + " >&2";
   const int rc = std::system(cmd.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+namespace {
+
+std::string first_line(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+/// True while `pid` runs (a zombie, dead but not yet reaped by its parent, counts as gone).
+bool running(pid_t pid) {
+  if (::kill(pid, 0) != 0) return false;
+  const std::string stat = first_line("/proc/" + std::to_string(pid) + "/stat");
+  const std::size_t paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z';
+}
+
+}  // namespace
+
+bool crash(const std::string& service) {
+  const char* dir = std::getenv("DISTRLOCK_SERVICES_DIR");
+  const std::filesystem::path state = std::filesystem::path(dir != nullptr && *dir != '\0' ? dir : "/tmp/distrlock-services") / service;
+  std::filesystem::path pid_file;
+  int signal = SIGKILL;
+  if (service == "postgres") {
+    pid_file = std::filesystem::path(first_line(state / "datadir")) / "postmaster.pid";
+    signal = SIGQUIT;  // immediate shutdown
+  } else if (service == "mariadb") {
+    pid_file = std::filesystem::path(first_line(state / "tmpdir")) / "mariadbd.pid";
+  } else {
+    ADD_FAILURE() << "crash: no server named " << service;
+    return false;
+  }
+  const std::string pid_text = first_line(pid_file);
+  const pid_t pid = static_cast<pid_t>(std::atol(pid_text.c_str()));
+  if (pid <= 0 || ::kill(pid, signal) != 0) {
+    ADD_FAILURE() << "crash: cannot signal the " << service << " server (pid file " << pid_file << ": \"" << pid_text
+                  << "\")";
+    return false;
+  }
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (running(pid) && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (running(pid)) {
+    ADD_FAILURE() << "crash: the " << service << " server (pid " << pid << ") is still running";
+    return false;
+  }
+  return true;
 }
 
 distrlock::Logger CapturedLog::logger() {

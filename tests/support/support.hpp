@@ -30,7 +30,14 @@ class CallerSession {
   virtual void steal(std::string_view token) = 0;
   /// The same for whatever token holds `key` (ASCII) in the default table.
   virtual void steal_key(std::string_view key) = 0;
+  /// Opens a transaction that keeps the library from writing `key`'s row in the default table until this
+  /// session's ROLLBACK: the row locked FOR UPDATE on a server (it must exist), the database's write lock on
+  /// SQLite. Lets a test make a statement hang on the server for as long as it likes.
+  virtual void hold_row(std::string_view key) = 0;
 };
+
+/// `bytes` as upper-case hex digits, for SQL literals (X'..', decode('..', 'hex')).
+std::string to_hex(std::string_view bytes);
 
 struct BackendUnderTest {
   std::string name;     // "postgres"
@@ -43,6 +50,12 @@ struct BackendUnderTest {
   /// e.g. + "('a', 'b')".
   std::string count_tables_named;
   std::string url_suffix;  // a URL parameter added to the server's URL, e.g. "returning=off"
+  /// SQL that opens a transaction at the session's default level, as most applications do.
+  std::string default_begin = "BEGIN";
+  /// The levels (names in isolation_levels) at which an acquire that waited on another transaction's grant, which
+  /// then committed, fails with errc::conflict (a serialization failure: retry the transaction). At the
+  /// others it is a busy answer.
+  std::vector<std::string> levels_where_a_grant_committed_meanwhile_is_a_conflict;
 };
 
 /// Each backend's entry, defined in support/backend_<name>.cpp.
@@ -68,6 +81,11 @@ std::string unique_table();
 
 /// Runs `scripts/services ACTION SERVICE` and returns its exit status.
 int services(const std::string& action, const std::string& service);
+/// Crashes the server of `service` (in $DISTRLOCK_SERVICES_DIR, as scripts/services keeps it): PostgreSQL gets an
+/// immediate shutdown (SIGQUIT to the postmaster: no checkpoint, crash recovery at the next start), MariaDB a
+/// SIGKILL. Returns once the server process is gone (false, after a test failure, if it cannot). Bring it back
+/// with services("up", service).
+bool crash(const std::string& service);
 
 /// A logger that records every line, for asserting on what the library reported.
 class CapturedLog {

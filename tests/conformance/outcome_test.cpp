@@ -1,0 +1,163 @@
+// Unknown outcomes, the pool's limit and explicit releases: what a call reports, how long it takes, and what
+// it sends.
+#include <latch>
+#include <thread>
+
+#include "fixture.hpp"
+#include "relay.hpp"
+
+namespace dltest {
+namespace {
+
+using distrlock::Call;
+using distrlock::Clock;
+using distrlock::errc;
+
+TEST_P(Conformance, AReleaseWhoseOutcomeIsUnknownKeepsTheTokenAndARetryReleasesTheKey) {
+  distrlock::Lock lock = manager().lock(key());
+  ASSERT_TRUE(lock.try_acquire(30s));
+  const auto token = lock.token();
+  const auto fence = lock.fencing_token();
+  auto blocker = session();
+  blocker->hold_row(key());  // the release cannot write the row until the blocker rolls back
+
+  std::error_code ec;
+  const auto started = Clock::now();
+  lock.release(ec, Call{.deadline = started + 300ms});
+  const auto took = Clock::now() - started;
+  EXPECT_EQ(ec, errc::timeout) << ec.message();
+  EXPECT_TRUE(distrlock::outcome_may_be_unknown(ec));
+  // The deadline, plus 1 s of slack for the statement's cancel and a loaded VM (nothing else runs after an
+  // unknown release: no undo is tried).
+  EXPECT_GE(took, 300ms);
+  EXPECT_LT(took, 1300ms);
+  EXPECT_EQ(lock.token(), token) << "a release with an unknown outcome must keep the token for a retry";
+  EXPECT_EQ(lock.fencing_token(), fence);
+
+  blocker->query("ROLLBACK");
+  lock.release(ec);
+  // The retry, with the same token, settles it: it releases the key, or finds that the first attempt did after
+  // all (a statement given up on at its deadline may still run on the server once the row is free).
+  EXPECT_TRUE(!ec || ec == errc::already_released) << ec.message();
+  EXPECT_FALSE(lock.token().has_value());
+  distrlock::Lock next = other_manager().lock(key());
+  EXPECT_TRUE(next.try_acquire(30s)) << "the key is free after the retried release";
+}
+
+TEST_P(Conformance, AnExplicitLeaseReleaseFreesTheKeyAtOnceAndASecondReleaseIsAlreadyReleased) {
+  std::optional<distrlock::Lease> lease = manager().acquire(key(), {.ttl = 30s});
+  const std::string token = lease->token();
+  const std::int64_t fence = lease->fencing_token();
+  ASSERT_GT(fence, 0);
+  lease->release();
+
+  distrlock::Lock next = other_manager().lock(key());
+  EXPECT_TRUE(next.try_acquire(30s)) << "the key must be free as soon as release() returns";
+  ASSERT_TRUE(next.fencing_token().has_value());
+  EXPECT_GT(*next.fencing_token(), fence);
+  // What the Lease reports afterwards: the grant it had (its token and fencing token stay readable) ...
+  EXPECT_EQ(lease->token(), token);
+  EXPECT_EQ(lease->fencing_token(), fence);
+  // ... and that it holds nothing any more.
+  std::error_code ec;
+  lease->release(ec);
+  EXPECT_EQ(ec, errc::already_released) << ec.message();
+  EXPECT_THROW(lease->release(), distrlock::error);
+  lease.reset();  // the destructor has nothing left to release: it must not touch the new holder's lease
+  std::error_code extended;
+  next.extend(30s, extended);
+  EXPECT_FALSE(extended) << extended.message();
+  for (const std::string& line : log_.lines())
+    EXPECT_EQ(line.find("could not release"), std::string::npos) << line;
+}
+
+// ~Lease must come back within release_timeout when its release cannot get through: here another transaction
+// keeps the row locked (the database locked, on SQLite). A stopped server refuses at once, so it never
+// exercised the timeout.
+TEST_P(Conformance, ALeaseDestroyedWhileItsReleaseIsBlockedReturnsWithinItsReleaseTimeout) {
+  constexpr auto release_timeout = 500ms;
+  std::optional<distrlock::Lease> lease = manager().acquire(key(), {.ttl = 30s, .release_timeout = release_timeout});
+  auto blocker = session();
+  blocker->hold_row(key());
+  const auto started = Clock::now();
+  lease.reset();
+  const auto took = Clock::now() - started;
+  blocker->query("ROLLBACK");
+  // It waited for the release up to its timeout (the library may give up a little early, to cancel in time),
+  // and no longer: release_timeout plus 500 ms of slack for a loaded VM under TSan.
+  EXPECT_GE(took, release_timeout / 2);
+  EXPECT_LT(took, release_timeout + 500ms);
+  EXPECT_TRUE(log_.contains(distrlock::LogLevel::error, "could not release")) << "the failure must be logged";
+}
+
+/// The server backends, through a relay that counts what the library sends.
+class RelayedConformance : public ServerConformance {
+ protected:
+  void SetUp() override {
+    ServerConformance::SetUp();
+    if (HasFatalFailure()) return;
+    relay_.emplace("127.0.0.1", url_port(url_));
+  }
+  /// A Manager whose connections go through the relay.
+  distrlock::Manager relayed(distrlock::Options o) {
+    o.logger = log_.logger();
+    return distrlock::Manager::open(relay_->rewrite(url_), o);
+  }
+  std::optional<Relay> relay_;
+};
+
+INSTANTIATE_TEST_SUITE_P(ServerBackends, RelayedConformance, ::testing::ValuesIn(server_backend_names()),
+                         backend_test_name);
+
+// "Pool exhausted" and "nothing sent" together: the call gives up at its deadline, sends nothing, and is not
+// followed by a release (nothing can have been granted, so there is nothing to undo).
+TEST_P(RelayedConformance, ACallWaitsForABusyPoolUntilItsDeadlineAndNoLongerAndSendsNothing) {
+  {  // the row the first acquire below will wait on: created by a grant, then free again
+    distrlock::Lock creator = manager().lock(key());
+    ASSERT_TRUE(creator.try_acquire(30s));
+    creator.release();
+  }
+  distrlock::Options o;
+  o.pool_size = 1;
+  auto m = relayed(o);
+  ASSERT_TRUE(m.lock(key() + "/warm-up").try_acquire(30s));  // opens the one connection, prepares the acquire
+  ASSERT_EQ(relay_->connections(), 1U);
+  auto blocker = session();
+  blocker->hold_row(key());
+
+  // The pool's only connection is taken by an acquire that waits on the blocker.
+  const auto warm = relay_->client_bursts();
+  std::error_code first_ec;
+  bool first_got = false;
+  std::thread first([&] {
+    distrlock::Lock l = m.lock(key());
+    first_got = l.try_acquire(30s, first_ec, Call{.deadline = Clock::now() + 20s});
+  });
+  const auto give_up = Clock::now() + 5s;
+  while (relay_->client_bursts() == warm && Clock::now() < give_up) std::this_thread::sleep_for(1ms);
+  ASSERT_GT(relay_->client_bursts(), warm) << "the first acquire was never sent";
+  const auto before = relay_->client_bursts();
+
+  distrlock::Lock second = m.lock(key() + "/second");
+  std::error_code ec;
+  const auto started = Clock::now();
+  EXPECT_FALSE(second.try_acquire(30s, ec, Call{.deadline = started + 300ms}));
+  const auto took = Clock::now() - started;
+  EXPECT_EQ(ec, errc::timeout) << ec.message();
+  EXPECT_FALSE(second.token().has_value());
+  // The wait ends at the deadline: 300 ms, plus 400 ms of slack for a loaded VM. A best-effort release after it
+  // (up to 1 s more, waiting for the same busy pool) would overrun that.
+  EXPECT_GE(took, 300ms);
+  EXPECT_LT(took, 700ms);
+
+  blocker->query("ROLLBACK");
+  first.join();
+  EXPECT_TRUE(first_got) << first_ec.message();
+  std::this_thread::sleep_for(200ms);  // time for anything sent late to show
+  EXPECT_EQ(relay_->client_bursts(), before)
+      << "the call that got no connection sent something, or a release followed it";
+  EXPECT_EQ(relay_->connections(), 1U) << "the call that got no connection opened one";
+}
+
+}  // namespace
+}  // namespace dltest
