@@ -28,12 +28,14 @@ using distrlock::cli::one_line;
 constexpr const char* footer =
     R"(Database URLs: sqlite:PATH | postgresql://... (or postgres://, or a libpq key=value string) |
   mysql://user:pass@host:port/db (or mariadb://). Default: $DISTRLOCK_DB, else
-  sqlite:${XDG_STATE_HOME:-~/.local/state}/distrlock/locks.db.
-Durations: 250ms, 30s, 5m, 1h; a bare number is seconds.
+  sqlite:${XDG_STATE_HOME:-~/.local/state}/distrlock/locks.db. An empty --db or DISTRLOCK_DB is an error.
+Durations: 250ms, 30s, 5m, 1h; a bare number is seconds. --ttl >= 100ms; --extend-every < ttl - ttl/5;
+  --kill-after < ttl/5.
 Exit codes: 0 ok (run: the command's status, 128+N if it died of signal N) | 64 bad usage or input |
-  69 database unreachable or failed | 75 busy (run: --conflict-exit-code overrides) |
+  69 database unreachable or failed | 75 busy (--conflict-exit-code overrides) |
   76 not held (extend/release with a token that no longer holds the key) | 77 lease lost while the command ran |
-  78 configuration (e.g. table missing with --no-migrate).
+  78 configuration (table missing with --no-migrate or for status; schema missing) |
+  128+N interrupted by signal N while waiting for the key.
 See docs/cli.md for the full reference.)";
 
 /// The first word of `args` that is not an option or an option's value: what the user meant as the command.
