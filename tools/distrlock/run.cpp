@@ -33,16 +33,20 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stop_token>
 #include <system_error>
+#include <thread>
 
 #include "common.hpp"
 #include "signals.hpp"
@@ -344,6 +348,48 @@ class Supervisor {
   std::optional<std::stop_callback<std::function<void()>>> on_stop_;  // last: uses the members above
 };
 
+/// Once the command has finished, bounds what is left of the tool's life (releasing the key, closing the
+/// connections) by the clock, whatever a database call does: a call may overrun its deadline inside the client
+/// library (PostgreSQL 15's PQcancel blocks on a host that stopped answering). Past the bound, it prints a
+/// warning and ends the process with the exit code it was armed with; the key then frees itself when its lease
+/// runs out. Declared before the Session, so that it also covers the Session's destruction.
+class ExitDeadline {
+ public:
+  ExitDeadline() = default;
+  ~ExitDeadline() {
+    {
+      std::lock_guard lk(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  ExitDeadline(const ExitDeadline&) = delete;
+  ExitDeadline& operator=(const ExitDeadline&) = delete;
+
+  /// Starts the clock: exit with `exit_code` and `warning` (one line) if the tool is still alive `after` from now.
+  void arm(milliseconds after, int exit_code, std::string warning) {
+    exit_code_ = exit_code;
+    thread_ = std::thread([this, after, warning = std::move(warning)] {
+      std::unique_lock lk(mu_);
+      if (cv_.wait_for(lk, after, [this] { return done_; })) return;
+      std::fflush(stdout);
+      std::fprintf(stderr, "%s\n", warning.c_str());
+      std::fflush(stderr);
+      ::_exit(exit_code_.load());
+    });
+  }
+  /// What the tool learnt since arm() (the lease turned out lost) changes the exit code.
+  void set_exit_code(int exit_code) noexcept { exit_code_ = exit_code; }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;  // GUARDED_BY(mu_)
+  std::atomic<int> exit_code_{0};
+  std::thread thread_;
+};
+
 /// The part of a library warning after "... on URL: ", up to "; ..." (the reason, without key or URL).
 std::string reason_in(std::string_view warning, std::string_view database) {
   const std::string marker = " on " + std::string(database) + ": ";
@@ -414,6 +460,7 @@ int run(const RunOptions& o, const GlobalOptions& global, const Invocation& invo
       o.shell_command_given ? std::vector<std::string>{"/bin/sh", "-c", o.shell_command} : invocation.tail;
 
   const BlockedSignals signals;  // before the Manager: its heartbeat thread must inherit the mask
+  ExitDeadline exit_deadline;
   Session session(global, r, o.owner);
 
   // Wait for the key; a terminating signal meanwhile cancels the wait.
@@ -471,6 +518,12 @@ int run(const RunOptions& o, const GlobalOptions& global, const Invocation& invo
   const Outcome out = Supervisor(child, *lease, signals, terminal, timing.kill_after).run();
   const int status = WIFSIGNALED(out.wait_status) ? 128 + WTERMSIG(out.wait_status) : WEXITSTATUS(out.wait_status);
   bool lost = out.lost;
+  // The release's own deadline, plus a little for closing the connections.
+  exit_deadline.arm(timing.lease.release_timeout + milliseconds{500}, lost ? exit_lease_lost : status,
+                    r.line("warning: the database did not answer within " +
+                               format_duration(timing.lease.release_timeout) +
+                               " after the command finished; exiting without releasing the key",
+                           "it frees itself when the lease runs out (at most --ttl)"));
   try {
     lease->release();
   } catch (const distrlock::error& e) {
@@ -488,6 +541,7 @@ int run(const RunOptions& o, const GlobalOptions& global, const Invocation& invo
            "wait for background processes in the command, or run them outside distrlock");
   }
   if (!lost) return status;
+  exit_deadline.set_exit_code(exit_lease_lost);
 
   std::string why = reason_in(last_library_warning("lease lost"), r.database());
   if (why.empty()) why = "the lease expired or another process took the key";
