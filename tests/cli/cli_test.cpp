@@ -1127,6 +1127,69 @@ TEST_F(CliAlone, WithTheDatabaseGoneRunExitsWithinTheReleaseBoundAfterTheCommand
   // Nothing else was done to the key: it frees itself at the end of its TTL.
 }
 
+TEST_F(CliAlone, InTheForegroundOfATerminalTheCommandGetsTheTerminalAndCtrlCReachesItOnce) {
+  // The tool as an interactive shell would run it: session leader of a new pseudo-terminal, in its foreground.
+  const int master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  ASSERT_GE(master, 0);
+  ASSERT_EQ(::grantpt(master), 0);
+  ASSERT_EQ(::unlockpt(master), 0);
+  const std::string slave = ::ptsname(master);
+  std::vector<std::string> args = command(
+      {"run", "--key", key_, "--", "sh", "-c",
+       "trap 'echo INT >> \"$0\"; exit 5' INT; cut -d' ' -f8 /proc/$$/stat > \"$1\"; echo $$ > \"$2\"; "
+       "while :; do sleep 0.05; done",
+       file("got"), file("tpgid"), file("started")});
+  std::vector<char*> argp;
+  for (std::string& a : args) argp.push_back(a.data());
+  argp.push_back(nullptr);
+  std::vector<std::string> env;
+  for (const auto& [name, value] : env_)
+    if (value) env.push_back(name + "=" + *value);
+  env.push_back("PATH=" + std::string(std::getenv("PATH")));
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  // Opened after setsid() (glibc does that first) and without O_NOCTTY: it becomes the controlling terminal.
+  posix_spawn_file_actions_addopen(&actions, 0, slave.c_str(), O_RDWR, 0);
+  posix_spawn_file_actions_adddup2(&actions, 0, 1);
+  posix_spawn_file_actions_adddup2(&actions, 0, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
+  pid_t pid = -1;
+  ASSERT_EQ(::posix_spawn(&pid, argp[0], &actions, &attr, argp.data(), envp.data()), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+
+  const bool started = wait_for_file(file("started"));
+  std::this_thread::sleep_for(50ms);  // "started" is written after "tpgid"
+  const std::string command_pid = read_file(file("started"));
+  EXPECT_TRUE(started);
+  EXPECT_EQ(read_file(file("tpgid")), command_pid) << "the terminal's foreground group is not the command's";
+  ASSERT_EQ(::write(master, "\x03", 1), 1);  // Ctrl-C
+  int status = 0;
+  const auto give_up = Clock::now() + 20s;
+  char drain[4096];
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (Clock::now() > give_up) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      ADD_FAILURE() << "the tool did not exit after Ctrl-C";
+      break;
+    }
+    pollfd p{master, POLLIN, 0};
+    if (::poll(&p, 1, 10) > 0) [[maybe_unused]] const ssize_t n = ::read(master, drain, sizeof drain);
+  }
+  ::close(master);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 5) << "status " << status;
+  EXPECT_EQ(read_file(file("got")), "INT\n") << "Ctrl-C reached the command a number of times other than once";
+}
+
 TEST_F(CliAlone, StatusPadsByDisplayWidthAndCutsLongKeysWithAnEllipsisOnlyInTheTable) {
   const std::string wide = key_ + "/日本語";  // 3 characters, 6 columns, 9 bytes
   const std::string narrow = key_ + "/abcdef";
