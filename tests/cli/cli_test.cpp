@@ -758,6 +758,18 @@ TEST_P(Cli, StatusOnATableThatDoesNotExistExits78AndCreatesNothing) {
   EXPECT_EQ(run({"--table", table, "--no-migrate", "status"}).exit_code, exit_config) << "the table was created";
 }
 
+TEST_P(Cli, ATableInASchemaThatDoesNotExistExits78SayingSoForEveryCommand) {
+  const std::string table = "no_such_schema_" + dltest::unique_table() + ".locks";
+  const Result r = run({"--table", table, "run", "--key", key_, "--", "touch", file("ran")});
+  EXPECT_EQ(r.exit_code, exit_config) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("create the schema, or choose another --table"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("drop --no-migrate"), std::string::npos) << "advice for another error: " << r.err;
+  EXPECT_FALSE(fs::exists(file("ran")));
+  EXPECT_EQ(run({"--table", table, "status"}).exit_code, exit_config);
+}
+
 TEST_P(Cli, StatusHeldAndPrefixFilterTheKeys) {
   const std::string held = key_ + "/held";
   const std::string free = key_ + "/free";
@@ -1001,6 +1013,14 @@ TEST_F(CliAlone, DistrlockTableChoosesTheTableAndTableOverridesIt) {
   EXPECT_EQ(in_flag_table.at(0).at("key"), key_ + "/flag");
   const Result empty = run_without_db({"status"}, {{"DISTRLOCK_TABLE", ""}});
   EXPECT_EQ(empty.exit_code, exit_usage) << describe(empty);
+}
+
+TEST_F(CliAlone, TheSqliteTempSchemaIsRefusedWithAdviceAboutTheTableNotTheDatabase) {
+  const Result r = run_without_db({"--table", "temp.locks", "run", "--key", key_, "--", "true"});
+  EXPECT_EQ(r.exit_code, exit_usage) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("choose another --table"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("use --db"), std::string::npos) << r.err;
 }
 
 TEST_F(CliAlone, QuietConflictStillPrintsRealErrors) {

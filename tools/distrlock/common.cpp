@@ -320,6 +320,9 @@ distrlock::Manager open_manager(const GlobalOptions& global, Reporter& r, std::s
     std::string reason = reason_of(e);
     const std::string code_text = ": " + e.code().message() + ": ";
     if (const std::size_t at = reason.find(code_text); at != std::string::npos) reason.erase(0, at + code_text.size());
+    if (reason.starts_with("distrlock: ")) reason.erase(0, 11);
+    if (const std::string suffix = ": " + e.code().message(); reason.ends_with(suffix))
+      reason.erase(reason.size() - suffix.size());
     if (reason.find("table name") != std::string::npos) {
       r.usage(reason, "a --table name is letters, digits and _ (not starting with a digit), optionally schema.name");
     }
