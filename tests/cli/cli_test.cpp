@@ -1063,10 +1063,11 @@ class FreezingRelay {
     socklen_t len = sizeof a;
     ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
     port_ = ntohs(a.sin_port);
-    threads_.emplace_back([this] { accept_loop(); });
+    acceptor_ = std::thread([this] { accept_loop(); });
   }
   ~FreezingRelay() {
     stop_ = true;
+    acceptor_.join();  // first: then nothing adds to threads_ any more
     for (std::thread& t : threads_) t.join();
     ::close(listener_);
   }
@@ -1119,6 +1120,7 @@ class FreezingRelay {
   std::atomic<bool> frozen_{false};
   std::mutex mu_;
   std::vector<std::thread> threads_;  // GUARDED_BY(mu_) while the accept loop runs
+  std::thread acceptor_;              // runs accept_loop(); joined before threads_
 };
 
 TEST_F(CliAlone, WithTheDatabaseGoneRunExitsWithinTheReleaseBoundAfterTheCommand) {

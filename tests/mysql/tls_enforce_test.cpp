@@ -54,11 +54,12 @@ class TlsStripper {
     socklen_t len = sizeof a;
     ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
     port_ = ntohs(a.sin_port);
-    threads_.emplace_back([this] { accept_loop(); });
+    acceptor_ = std::thread([this] { accept_loop(); });
   }
   ~TlsStripper() {
     stop_ = true;
     ::shutdown(listener_, SHUT_RDWR);
+    acceptor_.join();  // first: then nothing adds to threads_ any more
     for (std::thread& t : threads_) t.join();
     ::close(listener_);
   }
@@ -142,6 +143,7 @@ class TlsStripper {
   std::atomic<int> stripped_{0};
   std::mutex mu_;
   std::vector<std::thread> threads_;  // GUARDED_BY(mu_) while the accept loop runs
+  std::thread acceptor_;              // runs accept_loop(); joined before threads_
 };
 
 class MysqlTlsEnforced : public ::testing::Test {
