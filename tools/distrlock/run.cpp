@@ -174,15 +174,37 @@ Child spawn(const std::vector<std::string>& command, const std::vector<std::stri
   return child;
 }
 
-/// The tool's live (not zombie) descendants, from /proc: the command's whole tree, including processes that
-/// left its group or daemonized (they are reparented to the tool, its subreaper).
-std::vector<pid_t> live_descendants() {
-  struct Proc {
-    pid_t pid;
-    pid_t ppid;
-    bool zombie;
-  };
-  std::vector<Proc> procs;
+/// The children of process `pid`, from /proc/PID/task/*/children (each thread lists the ones it forked or, for
+/// a subreaper, inherited). nullopt when the kernel does not offer those files (CONFIG_PROC_CHILDREN).
+std::optional<std::vector<pid_t>> children_of(pid_t pid) {
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = ::opendir(tasks.c_str());
+  if (d == nullptr) return std::vector<pid_t>{};  // gone meanwhile
+  std::vector<pid_t> out;
+  bool offered = false;
+  while (const dirent* entry = ::readdir(d)) {
+    if (entry->d_name[0] == '.') continue;
+    std::ifstream f(tasks + "/" + entry->d_name + "/children");
+    offered = offered || f.is_open();
+    for (long child = 0; f >> child;) out.push_back(static_cast<pid_t>(child));
+  }
+  ::closedir(d);
+  if (!offered) return std::nullopt;
+  return out;
+}
+
+/// Whether /proc/PID/stat says zombie (or gone).
+bool is_zombie(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(f, stat);
+  const std::size_t paren = stat.rfind(')');  // the command name may contain anything, ')' included
+  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z' || stat[paren + 2] == 'X';
+}
+
+/// The same from every /proc/PID/stat, for kernels without the children files.
+std::vector<pid_t> children_by_scan(pid_t parent) {
+  std::vector<pid_t> out;
   if (DIR* d = ::opendir("/proc")) {
     while (const dirent* entry = ::readdir(d)) {
       char* end = nullptr;
@@ -191,22 +213,30 @@ std::vector<pid_t> live_descendants() {
       std::ifstream f(std::string("/proc/") + entry->d_name + "/stat");
       std::string stat;
       std::getline(f, stat);
-      const std::size_t paren = stat.rfind(')');  // the command name may contain anything, ')' included
-      if (paren == std::string::npos || paren + 4 >= stat.size()) continue;
+      const std::size_t paren = stat.rfind(')');
+      if (paren == std::string::npos) continue;
       char state = 0;
       long ppid = 0;
-      if (std::sscanf(stat.c_str() + paren + 1, " %c %ld", &state, &ppid) != 2) continue;
-      procs.push_back({static_cast<pid_t>(pid), static_cast<pid_t>(ppid), state == 'Z' || state == 'X'});
+      if (std::sscanf(stat.c_str() + paren + 1, " %c %ld", &state, &ppid) == 2 && ppid == parent)
+        out.push_back(static_cast<pid_t>(pid));
     }
     ::closedir(d);
   }
+  return out;
+}
+
+/// The tool's live (not zombie) descendants: the command's whole tree, including processes that left its
+/// group or daemonized (they are reparented to the tool, its subreaper). Cheap when there are none (the usual
+/// case at exit): one small file per thread of the tool.
+std::vector<pid_t> live_descendants() {
   std::vector<pid_t> tree = {::getpid()};
   std::vector<pid_t> live;
   for (std::size_t i = 0; i < tree.size(); ++i) {
-    for (const Proc& p : procs) {
-      if (p.ppid != tree[i]) continue;
-      tree.push_back(p.pid);
-      if (!p.zombie) live.push_back(p.pid);
+    std::optional<std::vector<pid_t>> children = children_of(tree[i]);
+    if (!children) children = children_by_scan(tree[i]);
+    for (const pid_t child : *children) {
+      tree.push_back(child);
+      if (!is_zombie(child)) live.push_back(child);
     }
   }
   return live;
