@@ -4,17 +4,17 @@
 // that same backend, reached the way a user reaches it.
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <netinet/in.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -409,10 +409,9 @@ TEST_P(Cli, LosingTheLeaseSignalsTheCommandAndExits77) {
 }
 
 TEST_P(Cli, ACommandThatIgnoresSigtermAfterLeaseLossIsKilledAfterTheGrace) {
-  const Result r =
-      start_with_tool_env({"run", "--key", key_, "--ttl", "1s", "--kill-after", "150ms", "--", "sh", "-c",
-                           "trap '' TERM; " + lose_the_lease + "while :; do sleep 0.05; done"})
-          .wait(30s);
+  const Result r = start_with_tool_env({"run", "--key", key_, "--ttl", "1s", "--kill-after", "150ms", "--", "sh", "-c",
+                                        "trap '' TERM; " + lose_the_lease + "while :; do sleep 0.05; done"})
+                       .wait(30s);
   EXPECT_EQ(r.exit_code, exit_lease_lost) << describe(r);
   EXPECT_NE(r.err.find("SIGKILL"), std::string::npos) << r.err;
   EXPECT_LT(r.took, 8s);
@@ -440,13 +439,13 @@ TEST_P(Cli, LosingTheLeaseStopsTheCommandsGrandchildrenAndNoneOfThemOutlivesTheT
 
 TEST_P(Cli, ADaemonizingGrandchildThatIgnoresSigtermIsKilledBeforeTheToolExits77) {
   // setsid leaves the command's process group (and session); the tool, as subreaper, still finds it.
-  const Result r =
-      start_with_tool_env({"run", "--key", key_, "--ttl", "1s", "--", "sh", "-c",
-                           "setsid sh -c 'trap \"\" TERM; echo $$ > \"$1\"; sleep 3; echo late > \"$0\"' \"$0\" \"$1\" & "
-                           "while [ ! -s \"$1\" ]; do sleep 0.01; done; " +
-                               lose_the_lease + "while :; do sleep 0.05; done",
-                           file("late"), file("grandchild.pid")})
-          .wait(30s);
+  const Result r = start_with_tool_env(
+                       {"run", "--key", key_, "--ttl", "1s", "--", "sh", "-c",
+                        "setsid sh -c 'trap \"\" TERM; echo $$ > \"$1\"; sleep 3; echo late > \"$0\"' \"$0\" \"$1\" & "
+                        "while [ ! -s \"$1\" ]; do sleep 0.01; done; " +
+                            lose_the_lease + "while :; do sleep 0.05; done",
+                        file("late"), file("grandchild.pid")})
+                       .wait(30s);
   EXPECT_EQ(r.exit_code, exit_lease_lost) << describe(r);
   EXPECT_TRUE(gone(file("grandchild.pid"))) << "the daemonized grandchild outlived the tool";
   EXPECT_FALSE(fs::exists(file("late")));
@@ -1024,8 +1023,7 @@ TEST_F(CliAlone, TheSqliteTempSchemaIsRefusedWithAdviceAboutTheTableNotTheDataba
 }
 
 TEST_F(CliAlone, QuietConflictStillPrintsRealErrors) {
-  const Result r =
-      run_without_db({"--db", "postgresql://u@127.0.0.1:1/db", "run", "--key", key_, "-q", "--", "true"});
+  const Result r = run_without_db({"--db", "postgresql://u@127.0.0.1:1/db", "run", "--key", key_, "-q", "--", "true"});
   EXPECT_EQ(r.exit_code, exit_unavailable) << describe(r);
   EXPECT_TRUE(IsOneLine(r.err));
 }
@@ -1041,8 +1039,7 @@ TEST_F(CliAlone, WaitAgainstAServerThatNeverAnswersTakesTheWaitPlusTheTimeout) {
   socklen_t len = sizeof a;
   ::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len);
   const std::string url = "postgresql://u@127.0.0.1:" + std::to_string(ntohs(a.sin_port)) + "/db";
-  const Result r =
-      run_without_db({"--db", url, "--timeout", "1s", "run", "--key", key_, "--wait", "2s", "--", "true"});
+  const Result r = run_without_db({"--db", url, "--timeout", "1s", "run", "--key", key_, "--wait", "2s", "--", "true"});
   ::close(listener);
   EXPECT_EQ(r.exit_code, exit_unavailable) << describe(r);
   // The promise: about --wait + --timeout (3 s). Slack: 2 s for process start-up on a loaded 2-core VM and TSan.
@@ -1156,11 +1153,11 @@ TEST_F(CliAlone, InTheForegroundOfATerminalTheCommandGetsTheTerminalAndCtrlCReac
   ASSERT_EQ(::grantpt(master), 0);
   ASSERT_EQ(::unlockpt(master), 0);
   const std::string slave = ::ptsname(master);
-  std::vector<std::string> args = command(
-      {"run", "--key", key_, "--", "sh", "-c",
-       "trap 'echo INT >> \"$0\"; exit 5' INT; cut -d' ' -f8 /proc/$$/stat > \"$1\"; echo $$ > \"$2\"; "
-       "while :; do sleep 0.05; done",
-       file("got"), file("tpgid"), file("started")});
+  std::vector<std::string> args =
+      command({"run", "--key", key_, "--", "sh", "-c",
+               "trap 'echo INT >> \"$0\"; exit 5' INT; cut -d' ' -f8 /proc/$$/stat > \"$1\"; echo $$ > \"$2\"; "
+               "while :; do sleep 0.05; done",
+               file("got"), file("tpgid"), file("started")});
   std::vector<char*> argp;
   for (std::string& a : args) argp.push_back(a.data());
   argp.push_back(nullptr);
@@ -1205,7 +1202,8 @@ TEST_F(CliAlone, InTheForegroundOfATerminalTheCommandGetsTheTerminalAndCtrlCReac
       break;
     }
     pollfd p{master, POLLIN, 0};
-    if (::poll(&p, 1, 10) > 0) [[maybe_unused]] const ssize_t n = ::read(master, drain, sizeof drain);
+    if (::poll(&p, 1, 10) > 0) [[maybe_unused]]
+      const ssize_t n = ::read(master, drain, sizeof drain);
   }
   ::close(master);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 5) << "status " << status;
@@ -1243,10 +1241,10 @@ TEST_F(CliAlone, AnUnknownUrlSchemeExits64NamingItEvenWithoutDistrlockFull) {
   const fs::path alone = dir_ / "bin";
   fs::create_directories(alone);
   fs::copy_file(DISTRLOCK_CLI, alone / "distrlock");
-  const Result r = Process({(alone / "distrlock").string(), "--db", "redis-ish://u:pw@host/0", "run", "--key", key_,
-                            "--", "true"},
-                           env_, dir_)
-                       .wait();
+  const Result r =
+      Process({(alone / "distrlock").string(), "--db", "redis-ish://u:pw@host/0", "run", "--key", key_, "--", "true"},
+              env_, dir_)
+          .wait();
   EXPECT_EQ(r.exit_code, exit_usage) << describe(r);
   EXPECT_TRUE(IsOneLine(r.err));
   EXPECT_NE(r.err.find("unknown database URL scheme \"redis-ish\""), std::string::npos) << r.err;

@@ -72,8 +72,8 @@ int acquire(const AcquireOptions& o, const GlobalOptions& global, const Invocati
   InterruptWatcher watcher(signals);
   auto interrupted = [&] {
     const int signo = watcher.interrupted();
-    return Failure(128 + signo, r.line("interrupted by " + signal_name(signo) + " while waiting for the key",
-                                       "nothing is held"));
+    return Failure(128 + signo,
+                   r.line("interrupted by " + signal_name(signo) + " while waiting for the key", "nothing is held"));
   };
   Call call;
   call.stop = watcher.stop_token();

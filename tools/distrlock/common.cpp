@@ -159,7 +159,8 @@ void settle_globals(GlobalOptions& global, const std::string& command) {
   if (const char* env = std::getenv("DISTRLOCK_DB"); !global.db_given && env != nullptr && *env == '\0')
     r.usage("DISTRLOCK_DB is set but empty",
             std::string(unset_hint) + ": set it to a database URL, or unset it for the default");
-  if (global.table_given && global.table.empty()) r.usage("--table is empty", "pass a table name, or leave out --table");
+  if (global.table_given && global.table.empty())
+    r.usage("--table is empty", "pass a table name, or leave out --table");
   if (const char* env = std::getenv("DISTRLOCK_TABLE"); !global.table_given && env != nullptr) {
     if (*env == '\0')
       r.usage("DISTRLOCK_TABLE is set but empty", "set it to a table name, or unset it for distributed_locks");

@@ -44,8 +44,8 @@ struct GlobalOptions {
   bool db_given = false;                    ///< false: $DISTRLOCK_DB, else the embedded default
   std::string table = "distributed_locks";  ///< --table, else $DISTRLOCK_TABLE, else this; checked by Manager::open
   bool table_given = false;
-  bool no_migrate = false;                  ///< true: a missing table is exit 78 instead of being created
-  std::string timeout_text = "5s";          ///< --timeout: deadline of each database call and of each connect
+  bool no_migrate = false;                        ///< true: a missing table is exit 78 instead of being created
+  std::string timeout_text = "5s";                ///< --timeout: deadline of each database call and of each connect
   milliseconds timeout{std::chrono::seconds(5)};  ///< timeout_text, parsed by settle_globals()
 };
 

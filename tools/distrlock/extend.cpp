@@ -12,10 +12,10 @@ namespace distrlock::cli {
 namespace {
 
 struct ExtendOptions {
-  std::string key;          ///< required, 1-255 bytes
-  std::string token;        ///< required: the token `acquire` printed
-  std::string ttl;          ///< required: the lease then expires this long from now, by the database's clock
-  bool json = false;        ///< print {"key","fence","expires_in_ms"} instead of nothing
+  std::string key;    ///< required, 1-255 bytes
+  std::string token;  ///< required: the token `acquire` printed
+  std::string ttl;    ///< required: the lease then expires this long from now, by the database's clock
+  bool json = false;  ///< print {"key","fence","expires_in_ms"} instead of nothing
 };
 
 int extend(const ExtendOptions& o, const GlobalOptions& global, const Invocation& invocation) {

@@ -245,10 +245,10 @@ std::vector<pid_t> live_descendants() {
 /// How the supervision ended.
 struct Outcome {
   int wait_status = 0;
-  bool lost = false;            ///< the lease's stop_token fired while the command's tree ran
-  bool sent_sigterm = false;    ///< ... and the tree was told to stop
-  bool sent_sigkill = false;    ///< ... and did not within --kill-after
-  int leftovers_stopped = 0;    ///< descendants still running after the command exited, stopped by the tool
+  bool lost = false;          ///< the lease's stop_token fired while the command's tree ran
+  bool sent_sigterm = false;  ///< ... and the tree was told to stop
+  bool sent_sigkill = false;  ///< ... and did not within --kill-after
+  int leftovers_stopped = 0;  ///< descendants still running after the command exited, stopped by the tool
 };
 
 /// Runs until the command and every descendant are gone and reaped.
@@ -436,8 +436,7 @@ struct Timing {
   milliseconds kill_after{0};
 };
 
-Timing check_timing(const RunOptions& o, const Invocation& invocation, const GlobalOptions& global,
-                    const Reporter& r) {
+Timing check_timing(const RunOptions& o, const Invocation& invocation, const GlobalOptions& global, const Reporter& r) {
   Timing t;
   t.lease.ttl = parse_ttl(o.ttl, r);
   t.lease.wait = o.no_wait ? milliseconds{0} : parse_duration("--wait", o.wait, true, r);
@@ -446,9 +445,11 @@ Timing check_timing(const RunOptions& o, const Invocation& invocation, const Glo
     t.lease.extend_every = parse_duration("--extend-every", o.extend_every, false, r);
     // The lease's stop fires at ttl - margin without an extension: an extension must come before that.
     if (t.lease.extend_every >= t.lease.ttl - margin)
-      r.usage("--extend-every " + format_duration(t.lease.extend_every) + " is not shorter than --ttl minus its "
-                  "safety margin (" + format_duration(t.lease.ttl) + " - ttl/5 = " +
-                  format_duration(t.lease.ttl - margin) + "), so the lease would be lost before its first extension",
+      r.usage("--extend-every " + format_duration(t.lease.extend_every) +
+                  " is not shorter than --ttl minus its "
+                  "safety margin (" +
+                  format_duration(t.lease.ttl) + " - ttl/5 = " + format_duration(t.lease.ttl - margin) +
+                  "), so the lease would be lost before its first extension",
               "leave out --extend-every (ttl/3), or pass one well below --ttl");
   }
   // SIGTERM goes out at expiry - margin (by the local estimate); SIGKILL must land before the expiry.
@@ -549,11 +550,11 @@ int run(const RunOptions& o, const GlobalOptions& global, const Invocation& invo
   const int status = WIFSIGNALED(out.wait_status) ? 128 + WTERMSIG(out.wait_status) : WEXITSTATUS(out.wait_status);
   bool lost = out.lost;
   // The release's own deadline, plus a little for closing the connections.
-  exit_deadline.arm(timing.lease.release_timeout + milliseconds{500}, lost ? exit_lease_lost : status,
-                    r.line("warning: the database did not answer within " +
-                               format_duration(timing.lease.release_timeout) +
-                               " after the command finished; exiting without releasing the key",
-                           "it frees itself when the lease runs out (at most --ttl)"));
+  exit_deadline.arm(
+      timing.lease.release_timeout + milliseconds{500}, lost ? exit_lease_lost : status,
+      r.line("warning: the database did not answer within " + format_duration(timing.lease.release_timeout) +
+                 " after the command finished; exiting without releasing the key",
+             "it frees itself when the lease runs out (at most --ttl)"));
   try {
     lease->release();
   } catch (const distrlock::error& e) {
@@ -612,8 +613,8 @@ Command add_run_command(CLI::App& parent, const GlobalOptions& global) {
       ->capture_default_str();
   app->add_flag("-q,--quiet-conflict", o->quiet_conflict,
                 "Busy: print nothing, just exit with the conflict exit code (errors still print)");
-  CLI::Option* shell = app->add_option("-c,--command", o->shell_command, "Run CMD through sh -c (instead of -- CMD)")
-                           ->type_name("CMD");
+  CLI::Option* shell =
+      app->add_option("-c,--command", o->shell_command, "Run CMD through sh -c (instead of -- CMD)")->type_name("CMD");
   return {app, [o, shell, &global](const Invocation& invocation) {
             o->shell_command_given = shell->count() > 0;
             return run(*o, global, invocation);
