@@ -1155,9 +1155,10 @@ TEST_F(CliAlone, InTheForegroundOfATerminalTheCommandGetsTheTerminalAndCtrlCReac
   const std::string slave = ::ptsname(master);
   std::vector<std::string> args =
       command({"run", "--key", key_, "--", "sh", "-c",
-               "trap 'echo INT >> \"$0\"; exit 5' INT; cut -d' ' -f8 /proc/$$/stat > \"$1\"; echo $$ > \"$2\"; "
+               "trap 'echo INT >> \"$0\"; exit 5' INT; cut -d' ' -f8 /proc/$$/stat > \"$1\"; "
+               "grep SigIgn /proc/$$/status > \"$3\"; echo $$ > \"$2\"; "
                "while :; do sleep 0.05; done",
-               file("got"), file("tpgid"), file("started")});
+               file("got"), file("tpgid"), file("started"), file("ignored")});
   std::vector<char*> argp;
   for (std::string& a : args) argp.push_back(a.data());
   argp.push_back(nullptr);
@@ -1190,6 +1191,10 @@ TEST_F(CliAlone, InTheForegroundOfATerminalTheCommandGetsTheTerminalAndCtrlCReac
   const std::string command_pid = read_file(file("started"));
   EXPECT_TRUE(started);
   EXPECT_EQ(read_file(file("tpgid")), command_pid) << "the terminal's foreground group is not the command's";
+  const std::string ignored = read_file(file("ignored"));  // "SigIgn:\t<hex mask>\n"
+  ASSERT_TRUE(ignored.starts_with("SigIgn:")) << ignored;
+  EXPECT_EQ((std::stoull(ignored.substr(7), nullptr, 16) >> (SIGTTOU - 1)) & 1U, 0U)
+      << "the tool's own SIGTTOU disposition leaked into the command";
   ASSERT_EQ(::write(master, "\x03", 1), 1);  // Ctrl-C
   int status = 0;
   const auto give_up = Clock::now() + 20s;

@@ -77,6 +77,13 @@ class Terminal {
       ::close(fd_);
       fd_ = -1;
     }
+    // While the command has the terminal, the tool is a background process of it: with `stty tostop`, a line
+    // it writes (a library error, a warning) would stop it with SIGTTOU. Ignored, the write goes through.
+    // The command gets the caller's disposition back (spawn).
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    if (fd_ >= 0) ::sigaction(SIGTTOU, &ignore, &original_ttou_);
   }
   ~Terminal() {
     if (fd_ >= 0) ::close(fd_);
@@ -86,6 +93,8 @@ class Terminal {
 
   /// -1 when the tool is not in the foreground of a terminal.
   int fd() const noexcept { return fd_; }
+  /// SIGTTOU's disposition as the tool found it (valid when fd() >= 0).
+  const struct sigaction& original_ttou() const noexcept { return original_ttou_; }
   /// Makes `pgid` the terminal's foreground group. SIGTTOU is blocked around the call: a process outside the
   /// foreground group may hand the terminal over only then.
   void give_to(pid_t pgid) const noexcept {
@@ -102,6 +111,7 @@ class Terminal {
 
  private:
   int fd_ = -1;
+  struct sigaction original_ttou_ {};
 };
 
 /// The command, started with fork+execvpe as the leader of a new process group (its pgid is its pid).
@@ -147,6 +157,7 @@ Child spawn(const std::vector<std::string>& command, const std::vector<std::stri
     if (terminal.fd() >= 0) {  // before exec, so the command never reads the terminal from the background
       ::pthread_sigmask(SIG_BLOCK, &ttou, nullptr);
       ::tcsetpgrp(terminal.fd(), ::getpid());
+      ::sigaction(SIGTTOU, &terminal.original_ttou(), nullptr);
     }
     ::pthread_sigmask(SIG_SETMASK, &child_mask, nullptr);
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
