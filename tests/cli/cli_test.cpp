@@ -2,18 +2,26 @@
 // against the embedded default (no --db: the SQLite file under $XDG_STATE_HOME) and against every server
 // backend in dltest::backend_names(). The "sqlite" entry there is left out because the embedded default is
 // that same backend, reached the way a user reaches it.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -59,7 +67,9 @@ using EnvChanges = std::vector<std::pair<std::string, std::optional<std::string>
 /// destruction if it is still running, so a failing test leaves nothing behind.
 class Process {
  public:
-  Process(const std::vector<std::string>& argv, const EnvChanges& changes, const fs::path& dir) {
+  /// `own_group`: the process leads a new process group (as a shell job or a systemd service does).
+  Process(const std::vector<std::string>& argv, const EnvChanges& changes, const fs::path& dir,
+          bool own_group = false) {
     static int counter = 0;
     const std::string n = std::to_string(counter++);
     out_ = dir / ("stdout." + n);
@@ -100,7 +110,9 @@ class Process {
     for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, SIGPIPE}) sigaddset(&defaults, s);
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setsigdefault(&attr, &defaults);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setflags(&attr, static_cast<short>(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+                                                       (own_group ? POSIX_SPAWN_SETPGROUP : 0)));
     started_ = Clock::now();
     const int rc = posix_spawn(&pid_, argp[0], &actions, &attr, argp.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
@@ -240,6 +252,14 @@ class ToolFixture : public ::testing::Test {
     return argv;
   }
   Process start(const std::vector<std::string>& args) const { return Process(command(args), env_, dir_); }
+  /// The same, with $DL (the tool) and the database in the environment (DISTRLOCK_DB for server backends), so
+  /// that the command can call the tool on the same database; `own_group` as in Process.
+  Process start_with_tool_env(const std::vector<std::string>& args, bool own_group = false) const {
+    EnvChanges env = env_;
+    env.emplace_back("DL", DISTRLOCK_CLI);
+    if (!url_.empty()) env.emplace_back("DISTRLOCK_DB", url_);
+    return Process(command(args), env, dir_, own_group);
+  }
   Result run(const std::vector<std::string>& args, std::chrono::milliseconds timeout = 60s) const {
     return start(args).wait(timeout);
   }
@@ -370,11 +390,16 @@ TEST_P(Cli, SigintSentToRunReachesTheCommand) {
   EXPECT_EQ(read_file(file("got")), "INT\n");
 }
 
+// The command makes its own lease lost: it releases the key with its token behind the tool's back, so the
+// heartbeat's next extension (every ttl/3) finds it gone. The same as another process stealing the row.
+const std::string lose_the_lease = R"("$DL" release --key "$DISTRLOCK_KEY" --token "$DISTRLOCK_TOKEN"; )";
+
 TEST_P(Cli, LosingTheLeaseSignalsTheCommandAndExits77) {
-  // The heartbeat comes every 10 s, the lease lasts 1 s: it nears expiry unextended after 0.8 s.
-  const Result r = run({"run", "--key", key_, "--ttl", "1s", "--extend-every", "10s", "--", "sh", "-c",
-                        "trap 'echo TERM > \"$0\"; exit 0' TERM; while :; do sleep 0.05; done", file("got")},
-                       30s);
+  const Result r = start_with_tool_env({"run", "--key", key_, "--ttl", "1s", "--", "sh", "-c",
+                                        "trap 'echo TERM > \"$0\"; exit 0' TERM; " + lose_the_lease +
+                                            "exec 2>/dev/null; while :; do sleep 0.05; done",
+                                        file("got")})
+                       .wait(30s);
   EXPECT_EQ(r.exit_code, exit_lease_lost) << describe(r);
   EXPECT_EQ(read_file(file("got")), "TERM\n");
   EXPECT_TRUE(IsOneLine(r.err));
@@ -384,12 +409,73 @@ TEST_P(Cli, LosingTheLeaseSignalsTheCommandAndExits77) {
 }
 
 TEST_P(Cli, ACommandThatIgnoresSigtermAfterLeaseLossIsKilledAfterTheGrace) {
-  const Result r = run({"run", "--key", key_, "--ttl", "1s", "--extend-every", "10s", "--kill-after", "300ms", "--",
-                        "sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"},
-                       30s);
+  const Result r = start_with_tool_env({"run", "--key", key_, "--ttl", "1s", "--kill-after", "150ms", "--", "sh", "-c",
+                                        "trap '' TERM; " + lose_the_lease + "while :; do sleep 0.05; done"})
+                       .wait(30s);
   EXPECT_EQ(r.exit_code, exit_lease_lost) << describe(r);
   EXPECT_NE(r.err.find("SIGKILL"), std::string::npos) << r.err;
   EXPECT_LT(r.took, 8s);
+}
+
+/// True when no process `pid` exists any more (not even a zombie).
+bool gone(const fs::path& pid_file) {
+  const std::string text = read_file(pid_file);
+  if (text.empty()) return false;
+  return ::kill(std::stoi(text), 0) != 0 && errno == ESRCH;
+}
+
+TEST_P(Cli, LosingTheLeaseStopsTheCommandsGrandchildrenAndNoneOfThemOutlivesTheTool) {
+  // A shell script that starts another: the grandchild would write "late" after the lease is gone.
+  const Result r = start_with_tool_env({"run", "--key", key_, "--ttl", "1s", "--", "sh", "-c",
+                                        "sh -c 'echo $$ > \"$1\"; sleep 3; echo late > \"$0\"' \"$0\" \"$1\" & "
+                                        "while [ ! -s \"$1\" ]; do sleep 0.01; done; " +
+                                            lose_the_lease + "wait",
+                                        file("late"), file("grandchild.pid")})
+                       .wait(30s);
+  EXPECT_EQ(r.exit_code, exit_lease_lost) << describe(r);
+  EXPECT_TRUE(gone(file("grandchild.pid"))) << "the grandchild outlived the tool";
+  EXPECT_FALSE(fs::exists(file("late")));
+}
+
+TEST_P(Cli, ADaemonizingGrandchildThatIgnoresSigtermIsKilledBeforeTheToolExits77) {
+  // setsid leaves the command's process group (and session); the tool, as subreaper, still finds it.
+  const Result r = start_with_tool_env(
+                       {"run", "--key", key_, "--ttl", "1s", "--", "sh", "-c",
+                        "setsid sh -c 'trap \"\" TERM; echo $$ > \"$1\"; sleep 3; echo late > \"$0\"' \"$0\" \"$1\" & "
+                        "while [ ! -s \"$1\" ]; do sleep 0.01; done; " +
+                            lose_the_lease + "while :; do sleep 0.05; done",
+                        file("late"), file("grandchild.pid")})
+                       .wait(30s);
+  EXPECT_EQ(r.exit_code, exit_lease_lost) << describe(r);
+  EXPECT_TRUE(gone(file("grandchild.pid"))) << "the daemonized grandchild outlived the tool";
+  EXPECT_FALSE(fs::exists(file("late")));
+}
+
+TEST_P(Cli, ProcessesTheCommandLeftRunningAreStoppedBeforeTheKeyIsReleased) {
+  const Result r = run({"run", "--key", key_, "--", "sh", "-c", "sleep 30 & echo $! > \"$0\"", file("left.pid")});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(gone(file("left.pid"))) << "a background process of the command outlived the tool";
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("left 1 process"), std::string::npos) << r.err;
+  EXPECT_EQ(status({key_}).at(0).at("state"), "free");
+}
+
+TEST_P(Cli, ASigtermToTheToolsWholeProcessGroupReachesTheCommandOnce) {
+  // As `kill -TERM -PGID`, an interactive `kill %1` or systemd's KillMode=mixed send it.
+  Process tool = start_with_tool_env({"run", "--key", key_, "--", "sh", "-c",
+                                      "trap 'echo TERM >> \"$0\"' TERM; echo > \"$1\"; "
+                                      "while [ ! -e \"$2\" ]; do sleep 0.05; done; exit 42",
+                                      file("got"), file("started"), file("done")},
+                                     /*own_group=*/true);
+  ASSERT_TRUE(wait_for_file(file("started")));
+  ASSERT_EQ(::kill(-tool.pid(), SIGTERM), 0);
+  // A second delivery would come at once (the tool forwards as it reads the signal); 1 s of slack for a
+  // loaded machine.
+  std::this_thread::sleep_for(1s);
+  std::ofstream(file("done")).put('\n');
+  const Result r = tool.wait();
+  EXPECT_EQ(r.exit_code, 42) << describe(r);
+  EXPECT_EQ(read_file(file("got")), "TERM\n");
 }
 
 TEST_P(Cli, TheCommandSeesTheKeyTokenAndFencingTokenInItsEnvironment) {
@@ -447,7 +533,99 @@ TEST_P(Cli, ACommandThatDoesNotExistExits127AndFreesTheKey) {
   EXPECT_EQ(status({key_}).at(0).at("state"), "free");
 }
 
+TEST_P(Cli, RunPassesTheTtlAndTheLeasesExpiryToTheCommand) {
+  const auto before = std::chrono::system_clock::now();
+  const Result r = run({"run", "--key", key_, "--ttl", "20s", "--", "sh", "-c",
+                        "echo \"$DISTRLOCK_TTL\"; echo \"$DISTRLOCK_EXPIRES_AT\""});
+  const auto after = std::chrono::system_clock::now();
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  std::istringstream out(r.out);
+  long long ttl = 0;
+  long long expires_at = 0;
+  out >> ttl >> expires_at;
+  EXPECT_EQ(ttl, 20000);
+  const auto ms = [](std::chrono::system_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  };
+  EXPECT_GE(expires_at, ms(before) + 20000) << r.out;
+  EXPECT_LE(expires_at, ms(after) + 20000) << r.out;
+}
+
+TEST_P(Cli, QuietConflictPrintsNothingWhenBusyAndExitsWithTheConflictExitCode) {
+  ASSERT_FALSE(acquire(key_).empty());
+  const Result r = run({"run", "--key", key_, "-q", "-E", "3", "--", "touch", file("ran")});
+  EXPECT_EQ(r.exit_code, 3) << describe(r);
+  EXPECT_EQ(r.err, "");
+  EXPECT_FALSE(fs::exists(file("ran")));
+  const Result a = run({"acquire", "--key", key_, "--quiet-conflict"});
+  EXPECT_EQ(a.exit_code, exit_busy) << describe(a);
+  EXPECT_EQ(a.err, "");
+  EXPECT_EQ(a.out, "");
+}
+
+TEST_P(Cli, FlockStyleShortFlagsWork) {
+  ASSERT_FALSE(acquire(key_).empty());
+  const Result no_wait = run({"run", "--key", key_, "-n", "-E", "7", "-c", "touch ran"});
+  EXPECT_EQ(no_wait.exit_code, 7) << describe(no_wait);
+  const Result waited = run({"run", "--key", key_, "-w", "300ms", "-c", "touch ran"});
+  EXPECT_EQ(waited.exit_code, exit_busy) << describe(waited);
+  EXPECT_NE(waited.err.find("after waiting 300ms"), std::string::npos) << waited.err;
+  EXPECT_FALSE(fs::exists(file("ran")));
+  const Result shell = run({"run", "--key", key_ + "/free", "-c", "echo a; echo \"$DISTRLOCK_KEY\""});
+  EXPECT_EQ(shell.exit_code, 0) << describe(shell);
+  EXPECT_EQ(shell.out, "a\n" + key_ + "/free\n");
+}
+
 // ---- acquire, extend, release -----------------------------------------------------------------------
+
+TEST_P(Cli, AcquireOwnerIsWhatOthersSee) {
+  ASSERT_EQ(run({"acquire", "--key", key_, "--owner", "deploy-script@host3"}).exit_code, 0);
+  EXPECT_EQ(status({key_}).at(0).at("owner"), "deploy-script@host3");
+}
+
+TEST_P(Cli, AcquireJsonPrintsABusyAnswerOnStdoutAndExits75) {
+  ASSERT_EQ(run({"acquire", "--key", key_, "--owner", "the-holder"}).exit_code, 0);
+  const Result r = run({"acquire", "--key", key_, "--json"});
+  EXPECT_EQ(r.exit_code, exit_busy) << describe(r);
+  const Json j = Json::parse(r.out);
+  EXPECT_EQ(j.at("key"), key_);
+  EXPECT_EQ(j.at("state"), "busy");
+  EXPECT_EQ(j.at("owner"), "the-holder");
+  EXPECT_GT(j.at("expires_in_ms").get<long long>(), 0);
+  EXPECT_TRUE(IsOneLine(r.err));
+}
+
+TEST_P(Cli, SigtermWhileAcquireWaitsExits128PlusNWithALineAndHoldsNothing) {
+  ASSERT_FALSE(acquire(key_).empty());
+  Process waiter = start({"acquire", "--key", key_, "--wait", "60s"});
+  ASSERT_TRUE(wait_until_blocked(waiter.pid(), SIGTERM));
+  std::this_thread::sleep_for(100ms);  // into the wait
+  waiter.signal(SIGTERM);
+  const Result r = waiter.wait(20s);
+  EXPECT_EQ(r.exit_code, 128 + SIGTERM) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("interrupted by SIGTERM"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "");
+}
+
+TEST_P(Cli, Sigusr1WhileAcquireWaitsIsIgnored) {
+  ASSERT_FALSE(acquire(key_).empty());
+  Process waiter = start({"acquire", "--key", key_, "--wait", "1s"});
+  ASSERT_TRUE(wait_until_blocked(waiter.pid(), SIGUSR1));
+  waiter.signal(SIGUSR1);
+  const Result r = waiter.wait(20s);
+  EXPECT_EQ(r.exit_code, exit_busy) << "waited out its --wait: " << describe(r);
+}
+
+TEST_P(Cli, ExtendJsonPrintsTheNewTimeLeft) {
+  const std::string token = acquire(key_, "5s");
+  const Result r = run({"extend", "--key", key_, "--token", token, "--ttl", "60s", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  const Json j = Json::parse(r.out);
+  EXPECT_EQ(j.at("key"), key_);
+  EXPECT_GT(j.at("expires_in_ms").get<long long>(), 55000);
+  EXPECT_LE(j.at("expires_in_ms").get<long long>(), 60000);
+}
 
 TEST_P(Cli, AcquireExtendAndReleaseWorkFromAShellScript) {
   const Result script = shell(
@@ -496,7 +674,7 @@ TEST_P(Cli, ReleaseTwiceExits76TheSecondTime) {
 TEST_P(Cli, ExtendWithATokenThatNoLongerHoldsTheKeyExits76) {
   const std::string token = acquire(key_);
   ASSERT_EQ(run({"release", "--key", key_, "--token", token}).exit_code, 0);
-  const Result r = run({"extend", "--key", key_, "--token", token});
+  const Result r = run({"extend", "--key", key_, "--token", token, "--ttl", "30s"});
   EXPECT_EQ(r.exit_code, exit_not_held) << describe(r);
   EXPECT_TRUE(IsOneLine(r.err));
 }
@@ -570,6 +748,41 @@ TEST_P(Cli, StatusEscapesBinaryKeys) {
   EXPECT_TRUE(j.at(0).contains("key_hex")) << j.dump();
 }
 
+TEST_P(Cli, StatusOnATableThatDoesNotExistExits78AndCreatesNothing) {
+  const std::string table = dltest::unique_table();
+  const Result r = run({"--table", table, "status"});
+  EXPECT_EQ(r.exit_code, exit_config) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+  EXPECT_EQ(run({"--table", table, "--no-migrate", "status"}).exit_code, exit_config) << "the table was created";
+}
+
+TEST_P(Cli, ATableInASchemaThatDoesNotExistExits78SayingSoForEveryCommand) {
+  const std::string table = "no_such_schema_" + dltest::unique_table() + ".locks";
+  const Result r = run({"--table", table, "run", "--key", key_, "--", "touch", file("ran")});
+  EXPECT_EQ(r.exit_code, exit_config) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("create the schema, or choose another --table"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("drop --no-migrate"), std::string::npos) << "advice for another error: " << r.err;
+  EXPECT_FALSE(fs::exists(file("ran")));
+  EXPECT_EQ(run({"--table", table, "status"}).exit_code, exit_config);
+}
+
+TEST_P(Cli, StatusHeldAndPrefixFilterTheKeys) {
+  const std::string held = key_ + "/held";
+  const std::string free = key_ + "/free";
+  ASSERT_FALSE(acquire(held).empty());
+  ASSERT_EQ(run({"release", "--key", free, "--token", acquire(free)}).exit_code, 0);
+  const Result r = run({"status", "--json", "--held", "--prefix", key_ + "/"});
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  const Json only_held = Json::parse(r.out);
+  ASSERT_EQ(only_held.size(), 1U) << r.out;
+  EXPECT_EQ(only_held.at(0).at("key"), held);
+  const Json both = Json::parse(run({"status", "--json", "--prefix", key_ + "/"}).out);
+  EXPECT_EQ(both.size(), 2U) << both.dump();
+}
+
 // ---- bad input ----------------------------------------------------------------------------------------
 
 struct BadInput {
@@ -614,6 +827,28 @@ std::vector<BadInput> make_bad_inputs() {
                                          "true"};
        },
        "unknown database URL scheme", true},
+      {"TtlBelowTheMinimum", run_with({"--ttl", "50ms", "--", "true"}), "below the minimum of 100ms"},
+      {"ExtendEveryNotBelowTheTtlLessItsMargin", run_with({"--ttl", "1s", "--extend-every", "1s", "--", "true"}),
+       "--extend-every 1.0s is not shorter than --ttl"},
+      {"KillAfterNotBelowTheSafetyMargin", run_with({"--ttl", "10s", "--kill-after", "2s", "--", "true"}),
+       "--kill-after 2.0s is not shorter than the safety margin"},
+      {"ShellCommandAndSeparatorTogether", run_with({"-c", "true", "--", "true"}), "both -c and a command"},
+      {"NoWaitAndWaitTogether", run_with({"-n", "--wait", "1s", "--", "true"}), "excludes"},
+      {"ExtendWithoutTtl",
+       [](const std::string& key, const std::string& table) {
+         return std::vector<std::string>{"--table", table, "extend", "--key", key, "--token", "t"};
+       },
+       "--ttl is required"},
+      {"AcquireWithAnEmptyToken",
+       [](const std::string& key, const std::string& table) {
+         return std::vector<std::string>{"--table", table, "acquire", "--key", key, "--token", ""};
+       },
+       "the token is empty"},
+      {"EmptyDb",
+       [](const std::string& key, const std::string& table) {
+         return std::vector<std::string>{"--db", "", "--table", table, "run", "--key", key, "--", "true"};
+       },
+       "--db is empty", true},
       {"TableNameWithAQuote",
        [](const std::string& key, const std::string&) {
          return std::vector<std::string>{"--table", "locks\"; DROP TABLE x; --", "run", "--key", key, "--", "true"};
@@ -747,12 +982,280 @@ TEST_F(CliAlone, DistrlockDbChoosesTheDatabaseAndDbOverridesIt) {
   const EnvChanges env = {{"DISTRLOCK_DB", "sqlite:" + from_env.string()}};
   EXPECT_EQ(run_without_db({"run", "--key", key_, "--", "true"}, env).exit_code, 0);
   EXPECT_TRUE(fs::exists(from_env));
-  EXPECT_EQ(run_without_db({"--db", "sqlite:" + from_flag.string(), "status"}, env).exit_code, 0);
+  EXPECT_EQ(run_without_db({"--db", "sqlite:" + from_flag.string(), "run", "--key", key_, "--", "true"}, env).exit_code,
+            0);
   EXPECT_TRUE(fs::exists(from_flag));
   EXPECT_FALSE(fs::exists(dir_ / "state" / "distrlock" / "locks.db")) << "the default was not used";
 }
 
+TEST_F(CliAlone, AnEmptyDistrlockDbExits64InsteadOfUsingTheDefault) {
+  // Cron's minimal environment: `--db "$OPS_DB"` with OPS_DB unset, or DISTRLOCK_DB= set to nothing.
+  const Result r = run_without_db({"run", "--key", key_, "--", "touch", file("ran")}, {{"DISTRLOCK_DB", ""}});
+  EXPECT_EQ(r.exit_code, exit_usage) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("DISTRLOCK_DB is set but empty"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(file("ran")));
+  EXPECT_FALSE(fs::exists(dir_ / "state" / "distrlock" / "locks.db")) << "the default was used";
+}
+
+TEST_F(CliAlone, DistrlockTableChoosesTheTableAndTableOverridesIt) {
+  const std::string from_env = dltest::unique_table();
+  const std::string from_flag = dltest::unique_table();
+  const EnvChanges env = {{"DISTRLOCK_TABLE", from_env}};
+  ASSERT_EQ(run_without_db({"acquire", "--key", key_}, env).exit_code, 0);
+  ASSERT_EQ(run_without_db({"--table", from_flag, "acquire", "--key", key_ + "/flag"}, env).exit_code, 0);
+  const Json in_env_table = status({}, {"--table", from_env});
+  ASSERT_EQ(in_env_table.size(), 1U) << in_env_table.dump();
+  EXPECT_EQ(in_env_table.at(0).at("key"), key_);
+  const Json in_flag_table = status({}, {"--table", from_flag});
+  ASSERT_EQ(in_flag_table.size(), 1U) << in_flag_table.dump();
+  EXPECT_EQ(in_flag_table.at(0).at("key"), key_ + "/flag");
+  const Result empty = run_without_db({"status"}, {{"DISTRLOCK_TABLE", ""}});
+  EXPECT_EQ(empty.exit_code, exit_usage) << describe(empty);
+}
+
+TEST_F(CliAlone, TheSqliteTempSchemaIsRefusedWithAdviceAboutTheTableNotTheDatabase) {
+  const Result r = run_without_db({"--table", "temp.locks", "run", "--key", key_, "--", "true"});
+  EXPECT_EQ(r.exit_code, exit_usage) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("choose another --table"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("use --db"), std::string::npos) << r.err;
+}
+
+TEST_F(CliAlone, QuietConflictStillPrintsRealErrors) {
+  const Result r = run_without_db({"--db", "postgresql://u@127.0.0.1:1/db", "run", "--key", key_, "-q", "--", "true"});
+  EXPECT_EQ(r.exit_code, exit_unavailable) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+}
+
+TEST_F(CliAlone, WaitAgainstAServerThatNeverAnswersTakesTheWaitPlusTheTimeout) {
+  // A listener that never accepts: the connection is made by the kernel, and no greeting ever comes.
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(listener, 16), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len);
+  const std::string url = "postgresql://u@127.0.0.1:" + std::to_string(ntohs(a.sin_port)) + "/db";
+  const Result r = run_without_db({"--db", url, "--timeout", "1s", "run", "--key", key_, "--wait", "2s", "--", "true"});
+  ::close(listener);
+  EXPECT_EQ(r.exit_code, exit_unavailable) << describe(r);
+  // The promise: about --wait + --timeout (3 s). Slack: 2 s for process start-up on a loaded 2-core VM and TSan.
+  EXPECT_LT(r.took, 5s) << describe(r);
+}
+
+/// A TCP relay to 127.0.0.1:`upstream` that can freeze: from freeze() on, it forwards nothing in either direction
+/// and keeps every connection open, as a database host that stopped answering (or a partition) looks.
+class FreezingRelay {
+ public:
+  explicit FreezingRelay(unsigned short upstream) : upstream_(upstream) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(::listen(listener_, 16), 0);
+    socklen_t len = sizeof a;
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+  ~FreezingRelay() {
+    stop_ = true;
+    acceptor_.join();  // first: then nothing adds to threads_ any more
+    for (std::thread& t : threads_) t.join();
+    ::close(listener_);
+  }
+  FreezingRelay(const FreezingRelay&) = delete;
+  FreezingRelay& operator=(const FreezingRelay&) = delete;
+
+  unsigned short port() const { return port_; }
+  void freeze() { frozen_ = true; }
+
+ private:
+  void accept_loop() {
+    while (!stop_) {
+      pollfd p{listener_, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      const int client = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (client < 0) continue;
+      std::lock_guard lk(mu_);
+      threads_.emplace_back([this, client] { pump(client); });
+    }
+  }
+  void pump(int client) {
+    const int server = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(upstream_);
+    bool open = ::connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    char buf[16384];
+    while (open && !stop_) {
+      if (frozen_) {
+        std::this_thread::sleep_for(20ms);
+        continue;
+      }
+      pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+      if (::poll(p, 2, 20) <= 0) continue;
+      for (int i = 0; i < 2 && open && !frozen_; ++i) {
+        if ((p[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+        const ssize_t got = ::read(p[i].fd, buf, sizeof buf);
+        open = got > 0 && ::send(p[1 - i].fd, buf, static_cast<std::size_t>(got), MSG_NOSIGNAL) == got;
+      }
+    }
+    ::close(client);
+    ::close(server);
+  }
+
+  unsigned short upstream_;
+  int listener_ = -1;
+  unsigned short port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> frozen_{false};
+  std::mutex mu_;
+  std::vector<std::thread> threads_;  // GUARDED_BY(mu_) while the accept loop runs
+  std::thread acceptor_;              // runs accept_loop(); joined before threads_
+};
+
+TEST_F(CliAlone, WithTheDatabaseGoneRunExitsWithinTheReleaseBoundAfterTheCommand) {
+  const std::string pg = dltest::server_url(dltest::backend("postgres"));
+  ASSERT_FALSE(pg.empty());
+  const std::size_t slash = pg.find('/', pg.find("://") + 3);
+  const std::size_t colon = pg.rfind(':', slash);
+  FreezingRelay relay(static_cast<unsigned short>(std::stoi(pg.substr(colon + 1, slash - colon - 1))));
+  const std::string url = pg.substr(0, colon + 1) + std::to_string(relay.port()) + pg.substr(slash);
+  Process tool(command({"--db", url, "run", "--key", key_, "--", "sh", "-c",
+                        "echo > \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.01; done", file("started"), file("go")}),
+               env_, dir_);
+  ASSERT_TRUE(wait_for_file(file("started")));
+  relay.freeze();
+  std::ofstream(file("go")).put('\n');
+  const auto command_done = Clock::now();
+  const Result r = tool.wait(30s);
+  const auto exit_after = Clock::now() - command_done;
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("warning"), std::string::npos) << r.err;
+  // The promise: the tool exits at most min(--timeout, 2s) + 0.5s after the command. Slack: 1.5 s for the
+  // command's 10 ms poll and the tool's exit on a loaded 2-core VM and under TSan. Before, the release could
+  // wait out the 5 s operation timeout, or for ever in a cancel that blocks.
+  EXPECT_LT(exit_after, 4s) << describe(r);
+  // Nothing else was done to the key: it frees itself at the end of its TTL.
+}
+
+TEST_F(CliAlone, InTheForegroundOfATerminalTheCommandGetsTheTerminalAndCtrlCReachesItOnce) {
+  // The tool as an interactive shell would run it: session leader of a new pseudo-terminal, in its foreground.
+  const int master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  ASSERT_GE(master, 0);
+  ASSERT_EQ(::grantpt(master), 0);
+  ASSERT_EQ(::unlockpt(master), 0);
+  const std::string slave = ::ptsname(master);
+  std::vector<std::string> args =
+      command({"run", "--key", key_, "--", "sh", "-c",
+               "trap 'echo INT >> \"$0\"; exit 5' INT; cut -d' ' -f8 /proc/$$/stat > \"$1\"; "
+               "grep SigIgn /proc/$$/status > \"$3\"; echo $$ > \"$2\"; "
+               "while :; do sleep 0.05; done",
+               file("got"), file("tpgid"), file("started"), file("ignored")});
+  std::vector<char*> argp;
+  for (std::string& a : args) argp.push_back(a.data());
+  argp.push_back(nullptr);
+  std::vector<std::string> env;
+  for (const auto& [name, value] : env_)
+    if (value) env.push_back(name + "=" + *value);
+  env.push_back("PATH=" + std::string(std::getenv("PATH")));
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  // Opened after setsid() (glibc does that first) and without O_NOCTTY: it becomes the controlling terminal.
+  posix_spawn_file_actions_addopen(&actions, 0, slave.c_str(), O_RDWR, 0);
+  posix_spawn_file_actions_adddup2(&actions, 0, 1);
+  posix_spawn_file_actions_adddup2(&actions, 0, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
+  pid_t pid = -1;
+  ASSERT_EQ(::posix_spawn(&pid, argp[0], &actions, &attr, argp.data(), envp.data()), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+
+  const bool started = wait_for_file(file("started"));
+  std::this_thread::sleep_for(50ms);  // "started" is written after "tpgid"
+  const std::string command_pid = read_file(file("started"));
+  EXPECT_TRUE(started);
+  EXPECT_EQ(read_file(file("tpgid")), command_pid) << "the terminal's foreground group is not the command's";
+  const std::string ignored = read_file(file("ignored"));  // "SigIgn:\t<hex mask>\n"
+  ASSERT_TRUE(ignored.starts_with("SigIgn:")) << ignored;
+  EXPECT_EQ((std::stoull(ignored.substr(7), nullptr, 16) >> (SIGTTOU - 1)) & 1U, 0U)
+      << "the tool's own SIGTTOU disposition leaked into the command";
+  ASSERT_EQ(::write(master, "\x03", 1), 1);  // Ctrl-C
+  int status = 0;
+  const auto give_up = Clock::now() + 20s;
+  char drain[4096];
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (Clock::now() > give_up) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      ADD_FAILURE() << "the tool did not exit after Ctrl-C";
+      break;
+    }
+    pollfd p{master, POLLIN, 0};
+    if (::poll(&p, 1, 10) > 0) [[maybe_unused]]
+      const ssize_t n = ::read(master, drain, sizeof drain);
+  }
+  ::close(master);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 5) << "status " << status;
+  EXPECT_EQ(read_file(file("got")), "INT\n") << "Ctrl-C reached the command a number of times other than once";
+}
+
+TEST_F(CliAlone, StatusPadsByDisplayWidthAndCutsLongKeysWithAnEllipsisOnlyInTheTable) {
+  const std::string wide = key_ + "/日本語";  // 3 characters, 6 columns, 9 bytes
+  const std::string narrow = key_ + "/abcdef";
+  const std::string longest = key_ + "/" + std::string(255 - key_.size() - 1, 'x');  // the longest key
+  for (const std::string& k : {wide, narrow, longest}) ASSERT_FALSE(acquire(k).empty());
+  const Result r = run({"status", "--prefix", key_ + "/"});
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  std::istringstream lines(r.out);
+  std::map<std::string, std::size_t> held_column;  // bytes before "held", less the extra bytes of wide characters
+  for (std::string line; std::getline(lines, line);) {
+    const std::size_t at = line.find("  held");
+    if (at == std::string::npos) continue;
+    // Bytes that take fewer columns: the wide characters (9 bytes, 6 columns), the ellipsis (3 bytes, 1 column).
+    const bool is_wide = line.starts_with(wide);
+    const bool is_narrow = line.starts_with(narrow);
+    held_column[is_wide ? "wide" : is_narrow ? "narrow" : "long"] = at - (is_wide ? 3 : is_narrow ? 0 : 2);
+  }
+  ASSERT_EQ(held_column.size(), 3U) << r.out;
+  EXPECT_EQ(held_column["wide"], held_column["narrow"]) << r.out;
+  EXPECT_EQ(held_column["long"], held_column["narrow"]) << r.out;
+  EXPECT_NE(r.out.find("\u2026"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(longest), std::string::npos) << "cut in the table: " << r.out;
+  const Json j = status({longest});
+  EXPECT_EQ(j.at(0).at("key"), longest) << "whole in --json";
+}
+
 #ifdef DISTRLOCK_CLI_SPLIT
+TEST_F(CliAlone, AnUnknownUrlSchemeExits64NamingItEvenWithoutDistrlockFull) {
+  const fs::path alone = dir_ / "bin";
+  fs::create_directories(alone);
+  fs::copy_file(DISTRLOCK_CLI, alone / "distrlock");
+  const Result r =
+      Process({(alone / "distrlock").string(), "--db", "redis-ish://u:pw@host/0", "run", "--key", key_, "--", "true"},
+              env_, dir_)
+          .wait();
+  EXPECT_EQ(r.exit_code, exit_usage) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_NE(r.err.find("unknown database URL scheme \"redis-ish\""), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("pw@"), std::string::npos) << r.err;
+}
+
 // Loading libpq and its ~20 dependencies costs milliseconds per process: the embedded default must not pay it
 // (tools/distrlock/CMakeLists.txt).
 TEST_F(CliAlone, TheEmbeddedDefaultLoadsNoServerClientLibrary) {

@@ -5,3 +5,10 @@ if(DISTRLOCK_WITH_MYSQL)
   gtest_discover_tests(mysql_tests TEST_PREFIX "mysql." DISCOVERY_TIMEOUT 30
                        PROPERTIES TIMEOUT 120 RESOURCE_LOCK database)
 endif()
+if(DISTRLOCK_WITH_MYSQL)
+  # ssl-mode=required against a server that offers no TLS (a relay that takes it away).
+  add_executable(mysql_tls_tests ${CMAKE_CURRENT_LIST_DIR}/tls_enforce_test.cpp)
+  target_link_libraries(mysql_tls_tests PRIVATE test_support GTest::gtest_main distrlock_warnings)
+  gtest_discover_tests(mysql_tls_tests TEST_PREFIX "mysql." DISCOVERY_TIMEOUT 30
+                       PROPERTIES TIMEOUT 120 RESOURCE_LOCK database)
+endif()

@@ -129,17 +129,51 @@ void check_key(std::string_view key, const Reporter& r) {
 }
 
 void check_token(std::string_view token, const Reporter& r) {
-  if (token.empty()) r.usage("the token is empty", "pass the token `distrlock acquire` printed (1-128 bytes)");
+  // The same checks serve `acquire --token` (a token the caller chooses) and extend/release (one acquire printed):
+  // the advice names both, since an empty value is usually a shell variable that was never set.
+  if (token.empty())
+    r.usage("the token is empty",
+            "pass a token of 1-128 bytes (for extend/release: the one `distrlock acquire` printed; is the shell "
+            "variable that holds it set?)");
   if (token.size() > 128)
-    r.usage("the token is " + std::to_string(token.size()) + " bytes long",
-            "a token is 1-128 bytes: pass the token `distrlock acquire` printed");
+    r.usage("the token is " + std::to_string(token.size()) + " bytes long", "a token is at most 128 bytes");
+}
+
+milliseconds parse_ttl(std::string_view text, const Reporter& r) {
+  const milliseconds ttl = parse_duration("--ttl", text, false, r);
+  if (ttl < distrlock::min_ttl) {
+    r.usage("--ttl \"" + escape(text) + "\" is below the minimum of " + format_duration(distrlock::min_ttl),
+            "a shorter lease cannot be extended in time and is lost on every try: pass --ttl " +
+                format_duration(distrlock::min_ttl) + " or more (at least ten database round trips)");
+  }
+  return ttl;
 }
 
 // ---- the database ---------------------------------------------------------------------------------------
 
+void settle_globals(GlobalOptions& global, const std::string& command) {
+  const Reporter r(command);
+  const char* const unset_hint = "an empty value is usually a shell variable that is not set";
+  if (global.db_given && global.db.empty())
+    r.usage("--db is empty", std::string(unset_hint) + ": pass a database URL, or leave out --db for the default");
+  if (const char* env = std::getenv("DISTRLOCK_DB"); !global.db_given && env != nullptr && *env == '\0')
+    r.usage("DISTRLOCK_DB is set but empty",
+            std::string(unset_hint) + ": set it to a database URL, or unset it for the default");
+  if (global.table_given && global.table.empty())
+    r.usage("--table is empty", "pass a table name, or leave out --table");
+  if (const char* env = std::getenv("DISTRLOCK_TABLE"); !global.table_given && env != nullptr) {
+    if (*env == '\0')
+      r.usage("DISTRLOCK_TABLE is set but empty", "set it to a table name, or unset it for distributed_locks");
+    global.table = env;
+  }
+  global.timeout = parse_duration("--timeout", global.timeout_text, false, r);
+}
+
 std::optional<DatabaseUrl> find_database(const GlobalOptions& global) {
-  if (!global.db.empty()) return DatabaseUrl{global.db, false, {}};
-  if (const char* env = std::getenv("DISTRLOCK_DB"); env != nullptr && *env != '\0') return DatabaseUrl{env, false, {}};
+  // An empty --db or DISTRLOCK_DB never selects the default: settle_globals() refuses both.
+  if (global.db_given) return global.db.empty() ? std::nullopt : std::optional(DatabaseUrl{global.db, false, {}});
+  if (const char* env = std::getenv("DISTRLOCK_DB"); env != nullptr)
+    return *env == '\0' ? std::nullopt : std::optional(DatabaseUrl{env, false, {}});
   std::string dir;
   // The XDG base directory spec says relative paths in XDG_* are invalid and must be ignored.
   if (const char* xdg = std::getenv("XDG_STATE_HOME"); xdg != nullptr && *xdg == '/') {
@@ -273,6 +307,8 @@ distrlock::Manager open_manager(const GlobalOptions& global, Reporter& r, std::s
   options.table = global.table;
   options.owner = std::move(owner);
   options.pool_size = 2;  // the command's own calls and the heartbeat
+  options.operation_timeout = global.timeout;
+  options.connect_timeout = global.timeout;
   options.logger = tool_logger();
   try {
     distrlock::Manager m = distrlock::Manager::open(db.url, std::move(options));  // no I/O: only validates
@@ -285,9 +321,16 @@ distrlock::Manager open_manager(const GlobalOptions& global, Reporter& r, std::s
     std::string reason = reason_of(e);
     const std::string code_text = ": " + e.code().message() + ": ";
     if (const std::size_t at = reason.find(code_text); at != std::string::npos) reason.erase(0, at + code_text.size());
+    if (reason.starts_with("distrlock: ")) reason.erase(0, 11);
+    if (const std::string suffix = ": " + e.code().message(); reason.ends_with(suffix))
+      reason.erase(reason.size() - suffix.size());
     if (reason.find("table name") != std::string::npos) {
       r.usage(reason, "a --table name is letters, digits and _ (not starting with a digit), optionally schema.name");
     }
+    if (reason.find("schema") != std::string::npos || reason.find("table") != std::string::npos) {
+      r.usage(reason, "choose another --table (or DISTRLOCK_TABLE)");
+    }
+    if (reason.find("timeout") != std::string::npos) r.usage(reason, "pass a longer --timeout");
     r.usage(reason,
             "use --db (or DISTRLOCK_DB) sqlite:PATH, postgresql://..., postgres://..., a libpq key=value "
             "string, mysql://... or mariadb://...");
@@ -307,24 +350,45 @@ void Session::create_table() {
   try {
     manager_.migrate();
   } catch (const distrlock::error& e) {
+    if (e.code() == errc::not_migrated) fail_missing_table(e, true);  // its schema or database is missing
     reporter_.fail(e);
   }
 }
 
-void Session::fail_busy(const std::string& key, milliseconds waited, int exit_code) {
+void Session::fail_missing_table(const distrlock::error& e, bool creating) {
+  const std::string table = "\"" + escape(global_.table) + "\"";
+  if (creating) {
+    reporter_.fail(exit_config,
+                   "cannot create the lock table " + table + ": its schema (or MySQL database) does not exist (" +
+                       reason_of(e) + ")",
+                   "distrlock creates tables, never schemas: create the schema, or choose another --table");
+  }
+  reporter_.fail(exit_config, "the lock table " + table + " does not exist",
+                 "check --table (or DISTRLOCK_TABLE); `distrlock migrate` creates it, and so does the first run, "
+                 "acquire, extend or release");
+}
+
+std::optional<LockStatus> Session::holder(const std::string& key) {
+  try {
+    const std::vector<LockStatus> st = manager_.status({key});
+    if (!st.empty() && st.front().held) return st.front();
+  } catch (const distrlock::error&) {
+  }
+  return std::nullopt;
+}
+
+void Session::fail_busy(const std::string& key, milliseconds waited, int exit_code, bool quiet,
+                        std::optional<std::optional<LockStatus>> known_holder) {
+  if (quiet) throw Failure(exit_code, {});
   std::string problem =
       waited.count() > 0 ? "the key is still busy after waiting " + format_duration(waited) : "the key is busy";
   std::string hint = waited.count() > 0 ? "retry later, or pass a longer --wait"
                                         : "retry later, or pass --wait DURATION to queue behind the holder";
-  try {
-    const std::vector<LockStatus> st = manager_.status({key});
-    if (!st.empty() && st.front().held) {
-      problem += ": held by \"" + escape(st.front().owner) + "\" for another " + format_duration(st.front().expires_in);
-    } else {
-      problem += ": the holder has released it since; retry now";
-    }
-  } catch (const distrlock::error&) {
-    problem += ": held by another process (its owner could not be read)";
+  const std::optional<LockStatus> st = known_holder ? *known_holder : holder(key);
+  if (st) {
+    problem += ": held by \"" + escape(st->owner) + "\" for another " + format_duration(st->expires_in);
+  } else {
+    problem += ": the holder has released it since, or its owner could not be read; retry now";
   }
   reporter_.fail(exit_code, problem, hint);
 }

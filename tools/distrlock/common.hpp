@@ -36,12 +36,23 @@ enum ExitCode : int {
   exit_config = 78,       ///< configuration: e.g. the table is missing and --no-migrate was given (EX_CONFIG)
 };
 
-/// Options that come before the command: `distrlock [--db URL] [--table NAME] [--no-migrate] COMMAND ...`.
+/// Options that come before the command:
+/// `distrlock [--db URL] [--table NAME] [--no-migrate] [--timeout D] COMMAND ...`.
+/// settle_globals() fills in what the environment says and checks the rest before anything is opened.
 struct GlobalOptions {
-  std::string db;                           ///< empty: $DISTRLOCK_DB, else the embedded default
-  std::string table = "distributed_locks";  ///< validated by Manager::open
-  bool no_migrate = false;                  ///< true: a missing table is exit 78 instead of being created
+  std::string db;                           ///< only when db_given; "" is refused, never a default
+  bool db_given = false;                    ///< false: $DISTRLOCK_DB, else the embedded default
+  std::string table = "distributed_locks";  ///< --table, else $DISTRLOCK_TABLE, else this; checked by Manager::open
+  bool table_given = false;
+  bool no_migrate = false;                        ///< true: a missing table is exit 78 instead of being created
+  std::string timeout_text = "5s";                ///< --timeout: deadline of each database call and of each connect
+  milliseconds timeout{std::chrono::seconds(5)};  ///< timeout_text, parsed by settle_globals()
 };
+
+/// Applies $DISTRLOCK_TABLE, parses --timeout, and refuses an empty --db, $DISTRLOCK_DB, --table or
+/// $DISTRLOCK_TABLE (exit 64): an empty value is almost always an unset shell variable, and falling back to
+/// the embedded default would run the job on every host. Only an absent option and variable select it.
+void settle_globals(GlobalOptions& global, const std::string& command);
 
 /// What comes after the first "--" on the command line (run's command, or more status keys).
 struct Invocation {
@@ -62,7 +73,8 @@ Command add_release_command(CLI::App& parent, const GlobalOptions& global);
 Command add_status_command(CLI::App& parent, const GlobalOptions& global);
 Command add_migrate_command(CLI::App& parent, const GlobalOptions& global);
 
-/// A failure the tool reports and exits with. `line` is the whole stderr line, without the newline.
+/// A failure the tool reports and exits with. `line` is the whole stderr line, without the newline; an empty
+/// line prints nothing (a busy key under --quiet-conflict).
 class Failure : public std::exception {
  public:
   Failure(int exit_code, std::string line) : exit_code_(exit_code), line_(std::move(line)) {}
@@ -111,6 +123,9 @@ void reject_tail(const Invocation& invocation, const Reporter& r);
 void check_key(std::string_view key, const Reporter& r);
 void check_token(std::string_view token, const Reporter& r);
 
+/// Parses --ttl: a duration of at least distrlock::min_ttl (exit 64 naming the flag and the minimum).
+milliseconds parse_ttl(std::string_view text, const Reporter& r);
+
 /// The database URL: --db, else $DISTRLOCK_DB, else sqlite:${XDG_STATE_HOME:-$HOME/.local/state}/distrlock/locks.db.
 struct DatabaseUrl {
   std::string url;
@@ -154,6 +169,17 @@ class Session {
   /// Runs `op`. If it fails because the lock table does not exist, creates the table (Manager::migrate(),
   /// race-safe) and runs `op` once more, unless --no-migrate was given: then exit 78. Library errors other
   /// than busy and not-held end the tool with their exit code; those two are rethrown for the caller.
+  /// Runs `op`, which only reads: a missing table is never created but reported (exit 78, naming the table).
+  template <class Op>
+  decltype(auto) reading(Op&& op) {
+    try {
+      return op();
+    } catch (const distrlock::error& e) {
+      if (e.code() == distrlock::errc::not_migrated) fail_missing_table(e, false);
+      reporter_.fail(e);
+    }
+  }
+
   template <class Op>
   decltype(auto) with_table(Op&& op) {
     for (int attempt = 0;; ++attempt) {
@@ -170,11 +196,18 @@ class Session {
     }
   }
 
-  /// The line for a busy key: who holds it and for how long (one status round trip).
-  [[noreturn]] void fail_busy(const std::string& key, milliseconds waited, int exit_code);
+  /// Who holds `key` now (one status round trip), or nothing when it cannot be read or is free again.
+  std::optional<LockStatus> holder(const std::string& key);
+  /// Ends the tool for a busy key with `exit_code` and a line naming the holder and its time left (from
+  /// `holder`, read when not given). `quiet` (--quiet-conflict): no line and no round trip.
+  [[noreturn]] void fail_busy(const std::string& key, milliseconds waited, int exit_code, bool quiet,
+                              std::optional<std::optional<LockStatus>> known_holder = std::nullopt);
 
  private:
   void create_table();
+  /// Exit 78 for a table that does not exist (`creating`: nor could it be created, as its schema or database
+  /// is missing).
+  [[noreturn]] void fail_missing_table(const distrlock::error& e, bool creating);
 
   const GlobalOptions& global_;
   Reporter& reporter_;
@@ -187,6 +220,11 @@ std::string format_duration(milliseconds d);
 /// Bytes made safe for a terminal and quoted contexts: valid UTF-8 text stays, `"` and `\` are escaped, and
 /// control characters and invalid bytes become \xNN.
 std::string escape(std::string_view bytes);
+
+/// Terminal columns of text made by escape(): East Asian wide characters count 2, combining marks 0.
+std::size_t display_width(std::string_view escaped);
+/// The text cut to at most `max_width` columns, ending in "…" when it was cut (never inside an escape).
+std::string fit_width(std::string_view escaped, std::size_t max_width);
 
 /// A JSON string literal. Invalid UTF-8 becomes U+FFFD (see is_valid_utf8 for when to add an exact form).
 std::string json_string(std::string_view bytes);

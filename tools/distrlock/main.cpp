@@ -28,19 +28,21 @@ using distrlock::cli::one_line;
 constexpr const char* footer =
     R"(Database URLs: sqlite:PATH | postgresql://... (or postgres://, or a libpq key=value string) |
   mysql://user:pass@host:port/db (or mariadb://). Default: $DISTRLOCK_DB, else
-  sqlite:${XDG_STATE_HOME:-~/.local/state}/distrlock/locks.db.
-Durations: 250ms, 30s, 5m, 1h; a bare number is seconds.
+  sqlite:${XDG_STATE_HOME:-~/.local/state}/distrlock/locks.db. An empty --db or DISTRLOCK_DB is an error.
+Durations: 250ms, 30s, 5m, 1h; a bare number is seconds. --ttl >= 100ms; --extend-every < ttl - ttl/5;
+  --kill-after < ttl/5.
 Exit codes: 0 ok (run: the command's status, 128+N if it died of signal N) | 64 bad usage or input |
-  69 database unreachable or failed | 75 busy (run: --conflict-exit-code overrides) |
+  69 database unreachable or failed | 75 busy (--conflict-exit-code overrides) |
   76 not held (extend/release with a token that no longer holds the key) | 77 lease lost while the command ran |
-  78 configuration (e.g. table missing with --no-migrate).
+  78 configuration (table missing with --no-migrate or for status; schema missing) |
+  128+N interrupted by signal N while waiting for the key.
 See docs/cli.md for the full reference.)";
 
 /// The first word of `args` that is not an option or an option's value: what the user meant as the command.
 std::string_view command_word(const std::vector<const char*>& args) {
   for (std::size_t i = 1; i < args.size(); ++i) {
     const std::string_view a = args[i];
-    if (a == "--db" || a == "--table") {
+    if (a == "--db" || a == "--table" || a == "--timeout") {
       ++i;  // skip the value
     } else if (!a.starts_with("-")) {
       return a;
@@ -53,6 +55,18 @@ std::string_view command_word(const std::vector<const char*>& args) {
 /// This `distrlock` has the embedded SQLite backend only, because loading the server backends' client
 /// libraries costs milliseconds per run (see tools/distrlock/CMakeLists.txt). Any other database is the job of
 /// DISTRLOCK_CLI_FULL, the same tool with every backend, installed next to it: exec it with the same arguments.
+/// The scheme of a URL this executable cannot serve, if distrlock-full could not serve it either: "" when the URL
+/// is one of distrlock-full's (postgresql://, postgres://, mysql://, mariadb://, or a libpq key=value string).
+std::string unknown_scheme(const std::string& url) {
+  const std::size_t colon = url.find(':');
+  const std::size_t equals = url.find('=');
+  if (equals != std::string::npos && (colon == std::string::npos || equals < colon)) return {};  // key=value
+  const std::string scheme = url.substr(0, colon);
+  for (const char* known : {"postgresql://", "postgres://", "mysql://", "mariadb://"})
+    if (url.starts_with(known)) return {};
+  return scheme.empty() ? url : scheme;
+}
+
 int exec_full_tool(char** argv, const std::string& url) {
   std::string path(PATH_MAX, '\0');
   const ssize_t n = ::readlink("/proc/self/exe", path.data(), path.size() - 1);
@@ -85,10 +99,17 @@ int run_tool(int argc, char** argv) {
   CLI::App app{"Leases on named keys in a shared database: run a command on one host at a time.", "distrlock"};
   app.footer(footer);
   app.set_version_flag("--version", "distrlock " DISTRLOCK_VERSION);
-  app.add_option("--db", global.db, "Database URL (default: $DISTRLOCK_DB, else the embedded SQLite file)")
-      ->type_name("URL");
-  app.add_option("--table", global.table, "Lock table, name or schema.name")->type_name("NAME")->capture_default_str();
+  CLI::Option* db_option =
+      app.add_option("--db", global.db, "Database URL (default: $DISTRLOCK_DB, else the embedded SQLite file)")
+          ->type_name("URL");
+  CLI::Option* table_option =
+      app.add_option("--table", global.table, "Lock table, name or schema.name (default: $DISTRLOCK_TABLE, else)")
+          ->type_name("NAME")
+          ->capture_default_str();
   app.add_flag("--no-migrate", global.no_migrate, "Never create the table; exit 78 when it is missing");
+  app.add_option("--timeout", global.timeout_text, "Deadline of each database call and connection attempt")
+      ->type_name("DURATION")
+      ->capture_default_str();
   app.require_subcommand(1);
   app.fallthrough();  // global options may also follow the command
 
@@ -130,19 +151,34 @@ int run_tool(int argc, char** argv) {
     return exit_usage;
   }
 
+  try {
+    global.db_given = db_option->count() > 0;
+    global.table_given = table_option->count() > 0;
+    const std::vector<CLI::App*> chosen = app.get_subcommands();
+    distrlock::cli::settle_globals(global, chosen.empty() ? std::string() : chosen.front()->get_name());
+
 #ifdef DISTRLOCK_CLI_FULL
-  if (const auto db = distrlock::cli::find_database(global); db && !db->url.starts_with("sqlite:"))
-    return exec_full_tool(argv, db->url);
+    if (const auto db = distrlock::cli::find_database(global); db && !db->url.starts_with("sqlite:")) {
+      // Decided here, not by distrlock-full: a URL no build of the tool can serve is bad input (64), whether or
+      // not distrlock-full is installed.
+      if (const std::string scheme = unknown_scheme(db->url); !scheme.empty()) {
+        distrlock::cli::Reporter r(chosen.empty() ? std::string() : chosen.front()->get_name());
+        r.set_database(distrlock::cli::mask_url(db->url));
+        r.usage("unknown database URL scheme \"" + distrlock::cli::escape(scheme) + "\"",
+                "use --db (or DISTRLOCK_DB) sqlite:PATH, postgresql://..., postgres://..., a libpq key=value "
+                "string, mysql://... or mariadb://...");
+      }
+      return exec_full_tool(argv, db->url);
+    }
 #endif
 
-  try {
     for (const Command& c : commands) {
       if (c.app->parsed()) return c.run(invocation);
     }
     return exit_usage;  // unreachable: require_subcommand(1)
   } catch (const Failure& f) {
     std::fflush(stdout);
-    std::fprintf(stderr, "%s\n", f.what());
+    if (*f.what() != '\0') std::fprintf(stderr, "%s\n", f.what());  // empty: --quiet-conflict
     return f.exit_code();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "distrlock: unexpected error: %s; please report it\n", one_line(e.what()).c_str());

@@ -1,5 +1,7 @@
 // Text the tool prints: durations, escaped keys and owners, JSON strings, one-line messages.
+#include <algorithm>
 #include <cstdio>
+#include <utility>
 
 #include "common.hpp"
 
@@ -128,6 +130,75 @@ std::string to_hex(std::string_view bytes) {
     out.push_back(digits[c & 0xfU]);
   }
   return out;
+}
+
+namespace {
+
+/// Terminal columns of one code point, as wcwidth(3) gives them in a UTF-8 locale, without depending on the
+/// locale: 0 for combining marks and zero-width characters, 2 for East Asian wide and fullwidth characters and
+/// emoji, 1 otherwise. (Control characters never get here: escape() has replaced them.)
+int code_point_width(char32_t cp) noexcept {
+  struct Range {
+    char32_t first, last;
+  };
+  static constexpr Range zero[] = {{0x0300, 0x036f}, {0x0483, 0x0489},  {0x0591, 0x05bd}, {0x0610, 0x061a},
+                                   {0x064b, 0x065f}, {0x0e31, 0x0e31},  {0x0e34, 0x0e3a}, {0x1ab0, 0x1aff},
+                                   {0x1dc0, 0x1dff}, {0x200b, 0x200f},  {0x20d0, 0x20ff}, {0xfe00, 0xfe0f},
+                                   {0xfe20, 0xfe2f}, {0xe0100, 0xe01ef}};
+  static constexpr Range wide[] = {
+      {0x1100, 0x115f},   {0x231a, 0x231b},   {0x2329, 0x232a},   {0x23e9, 0x23ec},   {0x25fd, 0x25fe},
+      {0x2614, 0x2615},   {0x2648, 0x2653},   {0x26a1, 0x26a1},   {0x26aa, 0x26ab},   {0x26bd, 0x26be},
+      {0x26c4, 0x26c5},   {0x2705, 0x2705},   {0x2728, 0x2728},   {0x274c, 0x274c},   {0x2753, 0x2755},
+      {0x2795, 0x2797},   {0x2b1b, 0x2b1c},   {0x2e80, 0x303e},   {0x3041, 0x33ff},   {0x3400, 0x4dbf},
+      {0x4e00, 0x9fff},   {0xa000, 0xa4cf},   {0xa960, 0xa97f},   {0xac00, 0xd7a3},   {0xf900, 0xfaff},
+      {0xfe10, 0xfe19},   {0xfe30, 0xfe6f},   {0xff00, 0xff60},   {0xffe0, 0xffe6},   {0x16fe0, 0x16fe4},
+      {0x17000, 0x18cff}, {0x1b000, 0x1b2ff}, {0x1f004, 0x1f004}, {0x1f0cf, 0x1f0cf}, {0x1f18e, 0x1f18e},
+      {0x1f191, 0x1f19a}, {0x1f200, 0x1f251}, {0x1f300, 0x1f64f}, {0x1f680, 0x1f6ff}, {0x1f7e0, 0x1f7eb},
+      {0x1f90c, 0x1f9ff}, {0x1fa70, 0x1faff}, {0x20000, 0x3fffd}};
+  for (const Range& r : zero)
+    if (cp >= r.first && cp <= r.last) return 0;
+  for (const Range& r : wide)
+    if (cp >= r.first && cp <= r.last) return 2;
+  return 1;
+}
+
+/// The next unit of escaped text at s[i]: an escape ("\xNN", "\\", "\"") or one UTF-8 sequence; its length
+/// in bytes and its width in columns.
+std::pair<std::size_t, int> next_unit(std::string_view s, std::size_t i) noexcept {
+  if (s[i] == '\\' && i + 1 < s.size()) {
+    const std::size_t n = s[i + 1] == 'x' ? std::min<std::size_t>(4, s.size() - i) : 2;
+    return {n, static_cast<int>(n)};
+  }
+  char32_t cp = 0;
+  const std::size_t n = utf8_length(s, i, &cp);
+  if (n == 0) return {1, 1};
+  return {n, code_point_width(cp)};
+}
+
+}  // namespace
+
+std::size_t display_width(std::string_view escaped) {
+  std::size_t width = 0;
+  for (std::size_t i = 0; i < escaped.size();) {
+    const auto [n, w] = next_unit(escaped, i);
+    width += static_cast<std::size_t>(w);
+    i += n;
+  }
+  return width;
+}
+
+std::string fit_width(std::string_view escaped, std::size_t max_width) {
+  if (display_width(escaped) <= max_width) return std::string(escaped);
+  std::string out;
+  std::size_t width = 0;
+  for (std::size_t i = 0; i < escaped.size();) {
+    const auto [n, w] = next_unit(escaped, i);
+    if (width + static_cast<std::size_t>(w) + 1 > max_width) break;  // keep a column for the ellipsis
+    out.append(escaped.substr(i, n));
+    width += static_cast<std::size_t>(w);
+    i += n;
+  }
+  return out + "\u2026";
 }
 
 std::string one_line(std::string_view text) {

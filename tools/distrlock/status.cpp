@@ -1,4 +1,5 @@
-// distrlock status: who holds which key, by the database's clock.
+// distrlock status: who holds which key, by the database's clock. It only reads: a missing table is reported
+// (exit 78), never created, so a mistyped --table cannot leave a new table behind.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <array>
@@ -13,32 +14,35 @@ namespace {
 struct StatusOptions {
   std::vector<std::string> keys;  ///< empty: every key in the table; more may follow "--"
   bool json = false;              ///< an array of {key, state, owner, fence, expires_in_ms}
+  bool held = false;              ///< only keys held now
+  std::string prefix;             ///< only keys that start with these bytes; "" = all
 };
 
-/// Terminal columns of escaped text: every UTF-8 lead byte counts one (wide characters are rare in keys).
-std::size_t columns(std::string_view text) {
-  return static_cast<std::size_t>(
-      std::count_if(text.begin(), text.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xc0U) != 0x80; }));
-}
+// The table's widest key and owner cells, in terminal columns: longer ones end in "…" (--json has them whole),
+// so that one 255-byte key does not push every other column off the screen.
+constexpr std::size_t max_key_width = 96;
+constexpr std::size_t max_owner_width = 40;
 
 void print_table(const std::vector<LockStatus>& rows) {
   std::vector<std::array<std::string, 5>> cells;
   cells.push_back({"KEY", "STATE", "OWNER", "FENCE", "EXPIRES IN"});
   for (const LockStatus& s : rows) {
-    cells.push_back({escape(s.key), s.held ? "held" : "free", s.held ? escape(s.owner) : "-", std::to_string(s.fence),
+    cells.push_back({fit_width(escape(s.key), max_key_width), s.held ? "held" : "free",
+                     s.held ? fit_width(escape(s.owner), max_owner_width) : "-", std::to_string(s.fence),
                      s.held ? format_duration(s.expires_in) : "-"});
   }
   std::array<std::size_t, 5> width{};
   for (const auto& row : cells)
-    for (std::size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], columns(row[c]));
+    for (std::size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], display_width(row[c]));
   for (const auto& row : cells) {
     std::string line;
     for (std::size_t c = 0; c < row.size(); ++c) {
-      const std::size_t pad = width[c] - columns(row[c]);
+      const std::size_t pad = width[c] - display_width(row[c]);
       if (c == 3) line.append(pad, ' ');  // numbers right-aligned
       line += row[c];
       if (c + 1 < row.size()) line.append((c == 3 ? 0 : pad) + 2, ' ');
     }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
     std::printf("%s\n", line.c_str());
   }
 }
@@ -71,7 +75,8 @@ int status(const StatusOptions& o, const GlobalOptions& global, const Invocation
   if (keys.size() == 1) r.set_key(keys.front());
 
   Session session(global, r);
-  const std::vector<LockStatus> rows = session.with_table([&] { return session.manager().status(keys); });
+  std::vector<LockStatus> rows = session.reading([&] { return session.manager().status(keys); });
+  std::erase_if(rows, [&](const LockStatus& s) { return (o.held && !s.held) || !s.key.starts_with(o.prefix); });
   if (o.json) {
     print_json(rows);
   } else {
@@ -88,6 +93,8 @@ Command add_status_command(CLI::App& parent, const GlobalOptions& global) {
       "status", "Show key, state, owner, fencing token and time left of KEYs (default: every key in the table)");
   app->add_option("keys", o->keys, "Keys to show (after \"--\" for keys that start with '-')")->type_name("KEY");
   app->add_flag("--json", o->json, "Print a JSON array of {key, state, owner, fence, expires_in_ms}");
+  app->add_flag("--held", o->held, "Only keys that are held now");
+  app->add_option("--prefix", o->prefix, "Only keys that start with PREFIX")->type_name("PREFIX");
   return {app, [o, &global](const Invocation& invocation) { return status(*o, global, invocation); }};
 }
 

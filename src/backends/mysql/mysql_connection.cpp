@@ -75,7 +75,9 @@ MYSQL* new_handle() {
   return mysql_init(nullptr);
 }
 
-/// Asks for TLS as the endpoint says (before connecting).
+/// Asks for TLS as the endpoint says (before connecting). Connector/C refuses a server without TLS only when it
+/// is also told to verify the certificate: with ssl-mode=required (MYSQL_OPT_SSL_ENFORCE alone) it goes on in
+/// plain text, so every connection is checked after connecting too (tls_refusal).
 void use_tls(MYSQL* m, const Endpoint& ep) {
   if (ep.tls == Endpoint::Tls::off) return;
   const my_bool yes = 1;
@@ -85,6 +87,15 @@ void use_tls(MYSQL* m, const Endpoint& ep) {
   if (!ep.tls_ca.empty()) mysql_options(m, MYSQL_OPT_SSL_CA, ep.tls_ca.c_str());
   if (!ep.tls_cert.empty()) mysql_options(m, MYSQL_OPT_SSL_CERT, ep.tls_cert.c_str());
   if (!ep.tls_key.empty()) mysql_options(m, MYSQL_OPT_SSL_KEY, ep.tls_key.c_str());
+}
+
+/// Why connection `m`, just connected, must not be used: the endpoint asks for TLS and the connection is not
+/// encrypted (the server has TLS off, or something on the way stripped it). Empty when it may be used.
+std::string tls_refusal(MYSQL* m, const Endpoint& ep) {
+  if (ep.tls == Endpoint::Tls::off || mysql_get_ssl_cipher(m) != nullptr) return {};
+  return "the connection to " + ep.masked +
+         " is not encrypted, but ssl-mode asks for TLS (the server has TLS switched off, or something between "
+         "strips it); refused";
 }
 
 /// Stops the statement running on connection `thread_id` from a connection of its own, as PQcancel does for
@@ -103,7 +114,7 @@ void kill_query_in_background(const Endpoint& ep, unsigned long thread_id) {
       if (mysql_real_connect(killer.get(), or_null(ep.host), ep.user.c_str(), ep.password.c_str(), nullptr, ep.port,
                              or_null(ep.socket), 0) == nullptr)
         return;
-      if (ep.tls != Endpoint::Tls::off && mysql_get_ssl_cipher(killer.get()) == nullptr) return;  // never in clear
+      if (!tls_refusal(killer.get(), ep).empty()) return;  // never in clear
       const std::string sql = "KILL QUERY " + std::to_string(thread_id);
       mysql_real_query(killer.get(), sql.data(), sql.size());
     }).detach();
@@ -294,7 +305,9 @@ Endpoint parse_url(std::string_view url) {
       query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
       if (item.empty()) continue;
       const std::size_t eq = item.find('=');
-      const std::string name = decode(item.substr(0, eq), "parameter name");
+      std::string name = decode(item.substr(0, eq), "parameter name");
+      // ssl_mode, ssl_ca, ...: the spelling of MySQL's option files and Connector/J, beside the command line's.
+      if (name.starts_with("ssl_")) name[3] = '-';
       const std::string value = eq == std::string_view::npos ? std::string() : decode(item.substr(eq + 1), "parameter");
       if (name == "socket") {
         if (value.empty()) throw bad("socket= needs a path");
@@ -320,7 +333,7 @@ Endpoint parse_url(std::string_view url) {
         (name == "ssl-ca" ? ep.tls_ca : name == "ssl-cert" ? ep.tls_cert : ep.tls_key) = value;
       } else {
         throw bad("unknown parameter \"" + printable(name) +
-                  "\" (known: socket, returning, ssl-mode, ssl-ca, ssl-cert, ssl-key)");
+                  "\" (known: socket, returning, ssl-mode, ssl-ca, ssl-cert, ssl-key; ssl_mode etc. also)");
       }
     }
   }
@@ -537,6 +550,10 @@ ConnPtr connect(const Endpoint& endpoint, Clock::time_point deadline, millisecon
   }
   if (ret == nullptr) {
     fail(ec, errc::unavailable, describe_error(m));
+    return nullptr;
+  }
+  if (std::string refused = tls_refusal(m, endpoint); !refused.empty()) {
+    fail(ec, errc::unavailable, refused);
     return nullptr;
   }
   // For good: see NonBlockingTls.
