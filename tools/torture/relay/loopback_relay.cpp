@@ -1,8 +1,7 @@
-#include "relay.hpp"
+#include "loopback_relay.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -15,7 +14,7 @@
 #include <stdexcept>
 #include <vector>
 
-namespace dltest {
+namespace dlrelay {
 namespace {
 
 int listen_on_loopback(int& port) {
@@ -35,6 +34,13 @@ int listen_on_loopback(int& port) {
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   port = ntohs(a.sin_port);
   return fd;
+}
+
+int local_port(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof a;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return 0;
+  return ntohs(a.sin_port);
 }
 
 int connect_to(const std::string& host, int port) {
@@ -67,6 +73,7 @@ bool write_all(int fd, const char* data, std::size_t n) {
 struct Pair {
   int client = -1;
   int server = -1;
+  int server_local_port = 0;
   bool server_spoke_last = true;  // the next client data starts a burst
 };
 
@@ -109,7 +116,7 @@ bool Relay::iptables(const char* action) {
                             std::to_string(port_) + " -j DROP 2>&1";
     const int rc = std::system(cmd.c_str());
     if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
-      ADD_FAILURE() << "relay: `" << cmd << "` failed (blackhole mode needs root and iptables)";
+      last_error_ = "relay: `" + cmd + "` failed (blackhole mode needs root and iptables)";
       return false;
     }
   }
@@ -132,6 +139,16 @@ bool Relay::set_mode(Mode mode) {
   return true;
 }
 
+std::string Relay::last_error() const {
+  std::lock_guard lk(rule_mu_);
+  return last_error_;
+}
+
+std::vector<int> Relay::upstream_ports() const {
+  std::lock_guard lk(ports_mu_);
+  return upstream_ports_;
+}
+
 std::string Relay::rewrite(const std::string& url) const {
   const auto [begin, end] = host_port_span(url);
   if (begin != std::string::npos) return url.substr(0, begin) + "127.0.0.1:" + std::to_string(port_) + url.substr(end);
@@ -142,10 +159,12 @@ std::string Relay::rewrite(const std::string& url) const {
 void Relay::run() {
   std::vector<Pair> pairs;
   std::vector<char> buf(64 * 1024);
-  auto close_pair = [](Pair& p) {
+  auto close_pair = [this](Pair& p) {
     if (p.client >= 0) ::close(p.client);
     if (p.server >= 0) ::close(p.server);
     p.client = p.server = -1;
+    std::lock_guard lk(ports_mu_);
+    std::erase(upstream_ports_, p.server_local_port);
   };
   while (!stop_) {
     const bool forwarding = mode_.load() != Mode::hang;
@@ -171,7 +190,10 @@ void Relay::run() {
         if (s < 0) {
           ::close(c);
         } else {
-          pairs.push_back({c, s, true});
+          const int upstream = local_port(s);
+          pairs.push_back({c, s, upstream, true});
+          std::lock_guard lk(ports_mu_);
+          upstream_ports_.push_back(upstream);
         }
       }
     }
@@ -216,4 +238,4 @@ int url_port(const std::string& url) {
   return at == std::string::npos ? 0 : std::atoi(url.c_str() + at + 5);
 }
 
-}  // namespace dltest
+}  // namespace dlrelay
