@@ -76,6 +76,7 @@ constexpr const char* usage_text =
     "  --restart-cmd CMD   how the restart fault restarts the server (run by /bin/sh)\n"
     "  --skew-hours H      skew: wall clocks up to H hours off (default 12); 0 changes only the time zone\n"
     "  --reconnect-bound D longest a key may stay unavailable beyond the TTL after a fault (default 3s)\n"
+    "  --min-faults N      fail unless every listed fault was injected at least N times (default 0)\n"
     "  --seed N            random seed (default: random; printed in the JSON)\n"
     "  --json              print only the JSON line on stdout\n"
     "exit: 0 every check held, 1 a check failed (details on stderr), 64 bad usage, 69 setup failed\n";
@@ -95,6 +96,7 @@ struct Config {
   std::string restart_cmd;
   milliseconds reconnect_bound{3000};
   int skew_hours = 12;
+  int min_faults = 0;
   std::uint64_t seed = 0;
   bool json = false;
   std::string plant;  // hidden: "ignore-stop" or "skip-fence-check"
@@ -188,6 +190,11 @@ Config parse_args(std::span<char* const> args) {
         if (std::find(c.faults.begin(), c.faults.end(), f) == c.faults.end()) c.faults.emplace_back(f);
         v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
       }
+    } else if (a == "--min-faults") {
+      const std::string_view v = need(i);
+      const auto n = parse_number<int>(v);
+      if (!n || *n < 0) throw bad("an integer >= 0", v);
+      c.min_faults = *n;
     } else if (a == "--restart-cmd") {
       c.restart_cmd = need(i);
     } else if (a == "--seed") {
@@ -701,8 +708,15 @@ double round1(double v) { return std::round(v * 10.0) / 10.0; }
 
 int Torture::report(const Record& rec, const Findings& f, double elapsed_s) {
   const std::uint64_t leaked = rec.leaked_keys.size();
+  std::vector<std::string> too_few;
+  for (const std::string& k : cfg_.faults)
+    if (fault_counts_[k] < cfg_.min_faults) too_few.push_back(k);
   const bool ok = f.overlapping_critical_sections == 0 && f.stale_writes_accepted == 0 && f.duplicate_fences == 0 &&
-                  f.unavailability_over_bound == 0 && leaked == 0 && f.worker_crashes == 0 && !interrupts_.requested();
+                  f.unavailability_over_bound == 0 && leaked == 0 && f.worker_crashes == 0 && too_few.empty() &&
+                  !interrupts_.requested();
+  for (const std::string& k : too_few)
+    std::cerr << "distrlock-torture: FAILED: fault " << k << " was injected " << fault_counts_[k]
+              << " times, fewer than --min-faults " << cfg_.min_faults << " (run longer)\n";
   if (!ok) {
     std::size_t shown = 0;
     for (const Violation& v : f.violations) {
