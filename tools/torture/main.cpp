@@ -11,7 +11,8 @@
 //
 // Output: the last line on stdout is one JSON object (with --json, the only line). Exit status: 0 when every
 // "must" held, 1 when one failed (the interleaving that broke it is printed on stderr), 64 bad usage,
-// 69 setup failed (database unreachable, tools missing).
+// 69 setup failed (database unreachable, tools missing), 130 interrupted (Ctrl-C: faults healed, workers
+// stopped, the checks still printed).
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -56,6 +57,7 @@ using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 
 constexpr int exit_failed = 1;
+constexpr int exit_interrupted = 130;  // as a shell reports death by SIGINT; the run was cleaned up
 constexpr int exit_usage = 64;
 constexpr int exit_setup = 69;
 
@@ -79,7 +81,8 @@ constexpr const char* usage_text =
     "  --min-faults N      fail unless every listed fault was injected at least N times (default 0)\n"
     "  --seed N            random seed (default: random; printed in the JSON)\n"
     "  --json              print only the JSON line on stdout\n"
-    "exit: 0 every check held, 1 a check failed (details on stderr), 64 bad usage, 69 setup failed\n";
+    "exit: 0 every check held, 1 a check failed (details on stderr), 64 bad usage, 69 setup failed,\n"
+    "      130 interrupted\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -282,13 +285,14 @@ class EventLog {
     if (!e) return;
     std::lock_guard lk(mu_);
     events_.push_back(*e);
-    if (e->kind == EventKind::enter) holding_[e->pid] = {e->slot, e->key, e->fence};
+    if (e->kind == EventKind::enter) holding_[e->pid] = {e->slot, e->key, e->fence, e->t0};
     if (e->kind == EventKind::exit) holding_.erase(e->pid);
   }
   struct Holding {
     int slot;
     int key;
     std::int64_t fence;
+    std::int64_t entered;
   };
   std::optional<Holding> holding(long pid) const {
     std::lock_guard lk(mu_);
@@ -372,8 +376,10 @@ class Torture {
   void reap();
   /// Sleeps for `d`, reaping and replacing dead workers meanwhile; returns early on Ctrl-C.
   void idle(std::chrono::steady_clock::duration d);
-  /// A running worker, preferring one inside its critical section (waits up to a TTL for one).
-  WorkerProcess* pick_target(bool holder_only);
+  /// A running worker, preferring one inside its critical section (waits up to a TTL for one). With
+  /// `fresh`, the holder that entered last: it has the most work left, so it is still inside when its lease
+  /// is lost and the loss signal can be measured.
+  WorkerProcess* pick_target(bool holder_only, bool fresh = false);
   Fault inject(const std::string& kind);
   std::optional<std::int64_t> server_expiry(int key, long pid);
   NativeDb& admin_db();
@@ -489,15 +495,24 @@ void Torture::idle(std::chrono::steady_clock::duration d) {
   }
 }
 
-WorkerProcess* Torture::pick_target(bool holder_only) {
+WorkerProcess* Torture::pick_target(bool holder_only, bool fresh) {
   const auto deadline = std::chrono::steady_clock::now() + cfg_.ttl;
   for (;;) {
     std::vector<WorkerProcess*> holders, all;
+    WorkerProcess* newest = nullptr;
+    std::int64_t newest_enter = 0;
     for (auto& w : workers_) {
       if (!w || !w->running()) continue;
       all.push_back(w.get());
-      if (log_.holding(w->pid())) holders.push_back(w.get());
+      const auto h = log_.holding(w->pid());
+      if (!h) continue;
+      holders.push_back(w.get());
+      if (h->entered > newest_enter) {
+        newest_enter = h->entered;
+        newest = w.get();
+      }
     }
+    if (fresh && newest != nullptr) return newest;
     if (!holders.empty()) return holders[rng_() % holders.size()];
     if (std::chrono::steady_clock::now() >= deadline || interrupts_.requested()) {
       if (holder_only || all.empty()) return nullptr;
@@ -526,7 +541,7 @@ Fault Torture::inject(const std::string& kind) {
   Fault f;
   f.kind = kind;
   const Fault not_injected = f;  // t_start 0: not counted
-  WorkerProcess* target = pick_target(kind == "stall" && backend_ != "sqlite");
+  WorkerProcess* target = pick_target(kind == "stall", kind == "stall" || kind == "partition");
   const auto hold_for = [&] { return random_ms(cfg_.ttl * 3 / 2, cfg_.ttl * 2); };
   if (target != nullptr && kind != "restart") {
     f.slot = target->slot();
@@ -767,6 +782,7 @@ int Torture::report(const Record& rec, const Findings& f, double elapsed_s) {
   j["interrupted"] = interrupts_.requested();
   j["passed"] = ok;
   std::cout << j.dump() << std::endl;
+  if (interrupts_.requested()) return exit_interrupted;
   return ok ? 0 : exit_failed;
 }
 

@@ -58,6 +58,8 @@ class PgDb final : public NativeDb {
     const char* values[] = {url.c_str(), timeout.c_str(), options.c_str(), "distrlock-torture", nullptr};
     conn_.reset(PQconnectdbParams(keys, values, 1));
     if (PQstatus(conn_.get()) != CONNECTION_OK) throw DbError(std::string("postgres: ") + PQerrorMessage(conn_.get()));
+    // "relation already exists, skipping" and the like are no news: keep stderr for the interleavings.
+    PQsetNoticeProcessor(conn_.get(), [](void*, const char*) {}, nullptr);
   }
 
   void create_guard_table() override {
