@@ -188,10 +188,21 @@ Findings analyse(const Record& r) {
       if (e.kind == EventKind::stop && !fired) fired = e.t0;
       if (e.kind == EventKind::exit) left = e.t0;
     }
+    std::optional<std::int64_t> signalled;  // the stop, or the exit of a holder that had none in time
     if (fired && (!left || *fired <= *left))
-      f.loss_signal_ms.push_back(ms(*x.expiry - *fired));
+      signalled = fired;
     else if (left && *left > *x.expiry)
-      f.loss_signal_ms.push_back(ms(*x.expiry - *left));
+      signalled = left;
+    if (!signalled) continue;
+    f.loss_signal_ms.push_back(ms(*x.expiry - *signalled));
+    if (*signalled < *x.expiry) continue;
+    ++f.late_loss_signals;
+    f.violations.push_back({"w" + std::to_string(x.slot) + " (pid " + std::to_string(x.pid) + ", fence " +
+                                std::to_string(x.fence) + ") on key " + std::to_string(x.key) + " " +
+                                (signalled == fired ? "got its stop " : "never got a stop and left ") +
+                                fmt_ms(*signalled - *x.expiry, 0) + " ms after its lease expired on the server, under " +
+                                x.kind + (x.detail.empty() ? "" : " (" + x.detail + ")"),
+                            x.key, x.t_start, *signalled});
   }
 
   for (const auto& [pid, d] : r.deaths)

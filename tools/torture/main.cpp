@@ -334,7 +334,10 @@ class Stopped {
 class Partitioned {
  public:
   Partitioned(dlrelay::Relay& relay, dlrelay::Relay::Mode mode) : relay_(relay) { ok_ = relay_.set_mode(mode); }
-  ~Partitioned() { relay_.set_mode(dlrelay::Relay::Mode::forward); }
+  ~Partitioned() {
+    if (!relay_.set_mode(dlrelay::Relay::Mode::forward))
+      std::cerr << "distrlock-torture: healing a partition failed: " << relay_.last_error() << "\n";
+  }
   Partitioned(const Partitioned&) = delete;
   Partitioned& operator=(const Partitioned&) = delete;
   bool ok() const noexcept { return ok_; }
@@ -408,6 +411,7 @@ class Torture {
   std::map<long, Death> deaths_;
   bool shutting_down_ = false;
   bool partition_hang_next_ = true;
+  bool blackhole_works_ = true;
   bool stall_row_next_ = true;
   std::int64_t last_kill_ = 0;
   int skewed_starts_ = 0;
@@ -562,11 +566,21 @@ Fault Torture::inject(const std::string& kind) {
     Stopped stopped({target->pid()});
     idle(hold_for());
   } else if (kind == "partition") {
-    const auto mode = partition_hang_next_ ? dlrelay::Relay::Mode::hang : dlrelay::Relay::Mode::blackhole;
+    auto mode = partition_hang_next_ || !blackhole_works_ ? dlrelay::Relay::Mode::hang
+                                                          : dlrelay::Relay::Mode::blackhole;
     partition_hang_next_ = !partition_hang_next_;
+    dlrelay::Relay& relay = *relays_[static_cast<std::size_t>(f.slot)];
+    std::optional<Partitioned> cut(std::in_place, relay, mode);
+    if (!cut->ok() && mode == dlrelay::Relay::Mode::blackhole) {
+      // Not root, or no iptables: every later partition hangs instead, and the JSON says so.
+      blackhole_works_ = false;
+      note("blackhole partitions fell back to hang: " + relay.last_error());
+      cut.reset();
+      mode = dlrelay::Relay::Mode::hang;
+      cut.emplace(relay, mode);
+    }
+    if (!cut->ok()) throw std::runtime_error(relay.last_error());
     f.detail = mode == dlrelay::Relay::Mode::hang ? "hang" : "blackhole";
-    Partitioned cut(*relays_[static_cast<std::size_t>(f.slot)], mode);
-    if (!cut.ok()) throw std::runtime_error(relays_[static_cast<std::size_t>(f.slot)]->last_error());
     if (f.key >= 0) f.expiry = server_expiry(f.key, f.pid);
     idle(hold_for());
   } else if (kind == "stall") {
@@ -727,7 +741,7 @@ int Torture::report(const Record& rec, const Findings& f, double elapsed_s) {
   for (const std::string& k : cfg_.faults)
     if (fault_counts_[k] < cfg_.min_faults) too_few.push_back(k);
   const bool ok = f.overlapping_critical_sections == 0 && f.stale_writes_accepted == 0 && f.duplicate_fences == 0 &&
-                  f.unavailability_over_bound == 0 && leaked == 0 && f.worker_crashes == 0 && too_few.empty() &&
+                  f.late_loss_signals == 0 && f.unavailability_over_bound == 0 && leaked == 0 && f.worker_crashes == 0 && too_few.empty() &&
                   !interrupts_.requested();
   for (const std::string& k : too_few)
     std::cerr << "distrlock-torture: FAILED: fault " << k << " was injected " << fault_counts_[k]
@@ -762,13 +776,12 @@ int Torture::report(const Record& rec, const Findings& f, double elapsed_s) {
   j["writes_accepted"] = f.writes_accepted;
   j["writes_failed"] = f.writes_failed;
   j["duplicate_fences"] = f.duplicate_fences;
-  const auto late = std::count_if(f.loss_signal_ms.begin(), f.loss_signal_ms.end(), [](double v) { return v <= 0; });
   j["lease_loss_signal_ms"] = {
       {"samples", f.loss_signal_ms.size()},
       {"p50", round1(percentile(f.loss_signal_ms, 0.5))},
       {"max", round1(f.loss_signal_ms.empty() ? 0 : *std::max_element(f.loss_signal_ms.begin(), f.loss_signal_ms.end()))},
       {"min", round1(f.loss_signal_ms.empty() ? 0 : *std::min_element(f.loss_signal_ms.begin(), f.loss_signal_ms.end()))},
-      {"late", late}};
+      {"late", f.late_loss_signals}};
   j["max_unavailability_ms"] = round1(f.max_unavailability_ms);
   j["unavailability_bound_ms"] = (cfg_.ttl + cfg_.reconnect_bound).count();
   j["unavailability_over_bound"] = f.unavailability_over_bound;

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <stdexcept>
+#include <string_view>
 #include <vector>
 
 namespace dlrelay {
@@ -111,32 +112,39 @@ Relay::~Relay() {
 
 bool Relay::iptables(const char* action) {
   // Both directions on the loopback interface: what the client sends to the relay and what the relay sends back.
-  for (const char* dir : {"--dport", "--sport"}) {
+  // Whatever iptables prints goes to stderr: a tool's stdout may be reserved for its results.
+  const auto rule = [this, action](const char* dir) {
     const std::string cmd = std::string("iptables -w ") + action + " INPUT -i lo -p tcp " + dir + " " +
-                            std::to_string(port_) + " -j DROP 2>&1";
+                            std::to_string(port_) + " -j DROP 1>&2";
     const int rc = std::system(cmd.c_str());
-    if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
-      last_error_ = "relay: `" + cmd + "` failed (blackhole mode needs root and iptables)";
-      return false;
-    }
+    if (WIFEXITED(rc) && WEXITSTATUS(rc) == 0) return true;
+    last_error_ = "relay: `" + cmd + "` failed (blackhole mode needs root and iptables)";
+    return false;
+  };
+  if (!rule("--dport")) return false;
+  if (rule("--sport")) return true;
+  if (std::string_view(action) == "-I") {  // never leave half a blackhole behind
+    const std::string undo = "iptables -w -D INPUT -i lo -p tcp --dport " + std::to_string(port_) + " -j DROP 1>&2";
+    [[maybe_unused]] const int rc = std::system(undo.c_str());
   }
-  return true;
+  return false;
 }
 
 bool Relay::set_mode(Mode mode) {
+  bool ok = true;
   {
     std::lock_guard lk(rule_mu_);
     if (mode == Mode::blackhole && !rule_added_) {
       if (!iptables("-I")) return false;
       rule_added_ = true;
     } else if (mode != Mode::blackhole && rule_added_) {
-      iptables("-D");
+      ok = iptables("-D");  // the mode changes anyway: forwarding resumes as far as the relay can tell
       rule_added_ = false;
     }
   }
   mode_ = mode;
   [[maybe_unused]] const ssize_t n = ::write(wake_[1], "x", 1);
-  return true;
+  return ok;
 }
 
 std::string Relay::last_error() const {

@@ -36,7 +36,8 @@ class Relay {
   Relay& operator=(const Relay&) = delete;
 
   int port() const noexcept { return port_; }
-  /// Returns false when the mode cannot be set (no iptables, not root); last_error() then says why.
+  /// Returns false when the mode cannot be set (no iptables, not root), or when leaving blackhole mode
+  /// could not remove its rule; last_error() then says why.
   bool set_mode(Mode mode);
   std::string last_error() const;
   Mode mode() const noexcept { return mode_.load(); }
