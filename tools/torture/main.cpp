@@ -75,7 +75,8 @@ constexpr const char* usage_text =
     "  --ttl D             lease TTL: 250ms, 1s, ... (default 1s)\n"
     "  --faults LIST       comma-separated: kill,stop,partition,stall,terminate,restart,skew\n"
     "                      (sqlite: kill,stop,stall,skew). Default: none\n"
-    "  --restart-cmd CMD   how the restart fault restarts the server (run by /bin/sh)\n"
+    "  --restart-cmd CMD   how the restart fault restarts the server (run by /bin/sh); repeat it to\n"
+    "                      alternate between ways, e.g. a fast restart and a crash + start\n"
     "  --skew-hours H      skew: wall clocks up to H hours off (default 12); 0 changes only the time zone\n"
     "  --reconnect-bound D longest a key may stay unavailable beyond the TTL after a fault (default 3s)\n"
     "  --min-faults N      fail unless every listed fault was injected at least N times (default 0)\n"
@@ -96,7 +97,7 @@ struct Config {
   double seconds = 60;
   milliseconds ttl{1000};
   std::vector<std::string> faults;
-  std::string restart_cmd;
+  std::vector<std::string> restart_cmds;
   milliseconds reconnect_bound{3000};
   int skew_hours = 12;
   int min_faults = 0;
@@ -199,7 +200,7 @@ Config parse_args(std::span<char* const> args) {
       if (!n || *n < 0) throw bad("an integer >= 0", v);
       c.min_faults = *n;
     } else if (a == "--restart-cmd") {
-      c.restart_cmd = need(i);
+      c.restart_cmds.emplace_back(need(i));
     } else if (a == "--seed") {
       const std::string_view v = need(i);
       const auto n = parse_number<std::uint64_t>(v);
@@ -237,7 +238,7 @@ Config parse_args(std::span<char* const> args) {
       if (std::find(sqlite_faults.begin(), sqlite_faults.end(), f) == sqlite_faults.end())
         throw UsageError("fault \"" + f + "\" does not apply to sqlite (it has no server): use kill,stop,stall,skew");
   }
-  if (std::find(c.faults.begin(), c.faults.end(), "restart") != c.faults.end() && c.restart_cmd.empty())
+  if (std::find(c.faults.begin(), c.faults.end(), "restart") != c.faults.end() && c.restart_cmds.empty())
     throw UsageError("the restart fault needs --restart-cmd, e.g. \"scripts/services restart postgres\"");
 #ifndef DISTRLOCK_FAKETIME_LIB
   if (std::find(c.faults.begin(), c.faults.end(), "skew") != c.faults.end())
@@ -415,6 +416,7 @@ class Torture {
   bool stall_row_next_ = true;
   std::int64_t last_kill_ = 0;
   int skewed_starts_ = 0;
+  std::size_t restarts_ = 0;
   std::uint64_t shutdown_kills_ = 0;
   std::string notes_;
 };
@@ -632,10 +634,16 @@ Fault Torture::inject(const std::string& kind) {
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
     // Its stdout goes to our stderr: stdout is for the JSON line only.
-    const pid_t pid = spawn({"/bin/sh", "-c", cfg_.restart_cmd}, env, -1, true);
+    const std::size_t which = restarts_++ % cfg_.restart_cmds.size();
+    const pid_t pid = spawn({"/bin/sh", "-c", cfg_.restart_cmds[which]}, env, -1, true);
+    // Waited for even after a Ctrl-C: a server left half restarted would be worse than a late exit.
     int st = 0;
-    while (::waitpid(pid, &st, WNOHANG) == 0) idle(20ms);
-    f.detail = describe_status(st);
+    while (::waitpid(pid, &st, WNOHANG) == 0) {
+      reap();
+      std::this_thread::sleep_for(20ms);
+    }
+    f.detail = "--restart-cmd #" + std::to_string(which + 1) + ": " + describe_status(st);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) note("a restart command failed (" + f.detail + ")");
   } else if (kind == "skew") {
     // A graceful restart of one worker under another wall clock and time zone.
     const int hours = random_skew();
