@@ -89,7 +89,7 @@ Findings analyse(const Record& r) {
       ++f.exempt_sections;
       continue;
     }
-    // Sections last at most about 1.5 TTL and each worker has one open at a time, so a holder that still
+    // Sections last at most about 2 TTL and each worker has one open at a time, so a holder that still
     // overlaps is among the last few dozen to enter.
     for (std::size_t i = j, looked = 0; i-- > 0 && sections[i].key == b.key && looked < 64; ++looked) {
       const Section& a = sections[i];
@@ -181,6 +181,7 @@ Findings analyse(const Record& r) {
   // A holder that kept working past the expiry without a stop counts with its exit time.
   for (const Fault& x : r.faults) {
     if (!x.expiry || x.key < 0) continue;
+    ++f.loss_signal_faults;
     std::optional<std::int64_t> fired;
     std::optional<std::int64_t> left;
     for (const Event& e : r.events) {
@@ -195,6 +196,8 @@ Findings analyse(const Record& r) {
       signalled = left;
     if (!signalled) continue;
     f.loss_signal_ms.push_back(ms(*x.expiry - *signalled));
+    f.loss_signal_ms_by_fault[x.kind + (x.detail.empty() ? "" : " (" + x.detail + ")")].push_back(
+        ms(*x.expiry - *signalled));
     if (*signalled < *x.expiry) continue;
     ++f.late_loss_signals;
     f.violations.push_back({"w" + std::to_string(x.slot) + " (pid " + std::to_string(x.pid) + ", fence " +

@@ -67,6 +67,8 @@ struct Findings {
   std::uint64_t duplicate_fences = 0;
   std::uint64_t acquire_failures = 0;
   std::vector<double> loss_signal_ms;  ///< per measured fault: ms from the stop to the server-side expiry
+  std::map<std::string, std::vector<double>> loss_signal_ms_by_fault;  ///< the same, per fault kind
+  std::uint64_t loss_signal_faults = 0;  ///< partitions and stalls whose target's expiry could be read
   std::uint64_t late_loss_signals = 0;  ///< of those, at or after the expiry: the holder worked on unprotected
   double max_unavailability_ms = 0;
   double worst_unavailability_excess_ms = 0;  ///< beyond the bound; > 0 fails

@@ -784,12 +784,20 @@ int Torture::report(const Record& rec, const Findings& f, double elapsed_s) {
   j["writes_accepted"] = f.writes_accepted;
   j["writes_failed"] = f.writes_failed;
   j["duplicate_fences"] = f.duplicate_fences;
-  j["lease_loss_signal_ms"] = {
-      {"samples", f.loss_signal_ms.size()},
-      {"p50", round1(percentile(f.loss_signal_ms, 0.5))},
-      {"max", round1(f.loss_signal_ms.empty() ? 0 : *std::max_element(f.loss_signal_ms.begin(), f.loss_signal_ms.end()))},
-      {"min", round1(f.loss_signal_ms.empty() ? 0 : *std::min_element(f.loss_signal_ms.begin(), f.loss_signal_ms.end()))},
-      {"late", f.late_loss_signals}};
+  const auto summary = [](const std::vector<double>& v) {
+    return nlohmann::ordered_json{{"samples", v.size()},
+                                  {"p50", round1(percentile(v, 0.5))},
+                                  {"max", round1(v.empty() ? 0 : *std::max_element(v.begin(), v.end()))},
+                                  {"min", round1(v.empty() ? 0 : *std::min_element(v.begin(), v.end()))}};
+  };
+  nlohmann::ordered_json signal = summary(f.loss_signal_ms);
+  signal["late"] = f.late_loss_signals;
+  // A fault gives no sample when its target finished its work before the loss would have fired.
+  signal["faults_measured"] = f.loss_signal_faults;
+  nlohmann::ordered_json by_fault = nlohmann::ordered_json::object();
+  for (const auto& [kind, v] : f.loss_signal_ms_by_fault) by_fault[kind] = summary(v);
+  signal["by_fault"] = by_fault;
+  j["lease_loss_signal_ms"] = signal;
   j["max_unavailability_ms"] = round1(f.max_unavailability_ms);
   j["unavailability_bound_ms"] = (cfg_.ttl + cfg_.reconnect_bound).count();
   j["unavailability_over_bound"] = f.unavailability_over_bound;

@@ -153,8 +153,9 @@ int run_worker(const WorkerConfig& cfg) {
       events.emit(EventKind::write, k, fence, t0, mono_ns(), static_cast<std::int64_t>(r));
     };
     fenced_write();
-    // Work for up to 1.5 TTL, so that most sections need an extension, with a fenced write every TTL/4.
-    const auto work_end = std::chrono::steady_clock::now() + uniform_ms(cfg.ttl / 20, cfg.ttl * 3 / 2);
+    // Work for up to 2 TTL, so that most sections need an extension and a holder hit by a partition or a
+    // stall is often still inside when its lease is lost; a fenced write every TTL/4.
+    const auto work_end = std::chrono::steady_clock::now() + uniform_ms(cfg.ttl / 20, cfg.ttl * 2);
     while (!work_stop.stop_requested()) {
       const auto now = std::chrono::steady_clock::now();
       if (now >= work_end) break;
