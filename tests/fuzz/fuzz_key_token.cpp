@@ -11,9 +11,9 @@
 namespace {
 const distrlock::Manager& manager() {
   // Never connected: lock() and adopt() do no I/O. The path does not exist and is never created.
-  static const distrlock::Manager m = distrlock::Manager::open(
-      "sqlite:/nonexistent/distrlock-fuzz/locks.db", distrlock::Options{.logger = [](distrlock::LogLevel,
-                                                                                     std::string_view) {}});
+  static const distrlock::Manager m =
+      distrlock::Manager::open("sqlite:/nonexistent/distrlock-fuzz/locks.db",
+                               distrlock::Options{.logger = [](distrlock::LogLevel, std::string_view) {}});
   return m;
 }
 }  // namespace

@@ -1,5 +1,5 @@
-// The loopback relay of tools/torture/relay/loopback_relay.hpp (shared with distrlock-torture), for tests: a mode that cannot
-// be set (blackhole without root or iptables) is recorded as a test failure.
+// The loopback relay of tools/torture/relay/loopback_relay.hpp (shared with distrlock-torture), for tests: a mode that
+// cannot be set (blackhole without root or iptables) is recorded as a test failure.
 #pragma once
 
 #include <gtest/gtest.h>

@@ -17,8 +17,8 @@ struct Section {
   std::int64_t fence = 0;
   std::int64_t want = 0;
   std::int64_t enter = 0;
-  std::int64_t end = forever;  ///< exit, else death, else forever
-  bool exempt = false;         ///< the worker was SIGSTOPped inside it
+  std::int64_t end = forever;            ///< exit, else death, else forever
+  bool exempt = false;                   ///< the worker was SIGSTOPped inside it
   std::int64_t effective_end = forever;  ///< when it stopped keeping others out by its own doing
 };
 
@@ -119,9 +119,8 @@ Findings analyse(const Record& r) {
     if (gap > allowed) {
       ++f.unavailability_over_bound;
       f.worst_unavailability_excess_ms = std::max(f.worst_unavailability_excess_ms, ms(gap - allowed));
-      f.violations.push_back({"key " + std::to_string(s.key) + " could not be acquired for " +
-                                  fmt_ms(gap, 0) + " ms (allowed " + fmt_ms(allowed, 0) + " ms) before " +
-                                  describe(s, r.t_start),
+      f.violations.push_back({"key " + std::to_string(s.key) + " could not be acquired for " + fmt_ms(gap, 0) +
+                                  " ms (allowed " + fmt_ms(allowed, 0) + " ms) before " + describe(s, r.t_start),
                               s.key, from, s.enter});
     }
   }
@@ -172,8 +171,8 @@ Findings analyse(const Record& r) {
     ++f.duplicate_fences;
     f.violations.push_back({"fence " + std::to_string(e.fence) + " granted twice on key " + std::to_string(e.key) +
                                 ": to pid " + std::to_string(it->second->pid) + " at " +
-                                fmt_ms(it->second->t1, r.t_start) + " ms and to pid " + std::to_string(e.pid) +
-                                " at " + fmt_ms(e.t1, r.t_start) + " ms",
+                                fmt_ms(it->second->t1, r.t_start) + " ms and to pid " + std::to_string(e.pid) + " at " +
+                                fmt_ms(e.t1, r.t_start) + " ms",
                             e.key, it->second->t0, e.t1});
   }
 
@@ -203,21 +202,21 @@ Findings analyse(const Record& r) {
     f.violations.push_back({"w" + std::to_string(x.slot) + " (pid " + std::to_string(x.pid) + ", fence " +
                                 std::to_string(x.fence) + ") on key " + std::to_string(x.key) + " " +
                                 (signalled == fired ? "got its stop " : "never got a stop and left ") +
-                                fmt_ms(*signalled - *x.expiry, 0) + " ms after its lease expired on the server, under " +
-                                x.kind + (x.detail.empty() ? "" : " (" + x.detail + ")"),
+                                fmt_ms(*signalled - *x.expiry, 0) +
+                                " ms after its lease expired on the server, under " + x.kind +
+                                (x.detail.empty() ? "" : " (" + x.detail + ")"),
                             x.key, x.t_start, *signalled});
   }
 
   for (const auto& [pid, d] : r.deaths)
     if (!d.injected && d.how != "exit 0") {
       ++f.worker_crashes;
-      f.violations.push_back({"worker w" + std::to_string(d.slot) + " (pid " + std::to_string(pid) + ") crashed: " +
-                                  d.how,
-                              -1, d.t, d.t});
+      f.violations.push_back(
+          {"worker w" + std::to_string(d.slot) + " (pid " + std::to_string(pid) + ") crashed: " + d.how, -1, d.t, d.t});
     }
   for (const int key : r.leaked_keys)
-    f.violations.push_back({"key " + std::to_string(key) + " still held after every worker shut down cleanly", key,
-                            0, 0});
+    f.violations.push_back(
+        {"key " + std::to_string(key) + " still held after every worker shut down cleanly", key, 0, 0});
   return f;
 }
 
@@ -236,12 +235,14 @@ void print_interleaving(std::ostream& out, const Record& r, const Violation& v) 
     const std::int64_t t = e.kind == EventKind::grant ? e.t1 : e.t0;
     if ((v.key >= 0 && e.key != v.key) || t < from || t > to) continue;
     if (e.kind == EventKind::start) continue;
-    std::string text = "w" + std::to_string(e.slot) + " pid " + std::to_string(e.pid) + "  " +
-                       std::string(name_of(e.kind));
+    std::string text =
+        "w" + std::to_string(e.slot) + " pid " + std::to_string(e.pid) + "  " + std::string(name_of(e.kind));
     if (e.kind != EventKind::want && e.kind != EventKind::acquire_failed) text += "  fence " + std::to_string(e.fence);
     if (e.kind == EventKind::write)
-      text += std::string(e.value == 1 ? "  accepted" : e.value == 0 ? "  REJECTED (stale)" : "  failed") + ", sent " +
-              fmt_ms(e.t0, r.t_start) + ", answered " + fmt_ms(e.t1, r.t_start);
+      text += std::string(e.value == 1   ? "  accepted"
+                          : e.value == 0 ? "  REJECTED (stale)"
+                                         : "  failed") +
+              ", sent " + fmt_ms(e.t0, r.t_start) + ", answered " + fmt_ms(e.t1, r.t_start);
     if (e.kind == EventKind::grant) text += "  (asked at " + fmt_ms(e.t0, r.t_start) + ")";
     if ((e.kind == EventKind::released || e.kind == EventKind::acquire_failed) && e.value != 0)
       text += "  error " + std::to_string(e.value);

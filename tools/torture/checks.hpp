@@ -19,7 +19,7 @@ struct Fault {
   std::string detail;  ///< e.g. "hang", "row lock", "backend SIGSTOP"
   int slot = -1;       ///< target worker slot, -1 for none
   long pid = 0;
-  int key = -1;        ///< the key its target held, -1 if none
+  int key = -1;  ///< the key its target held, -1 if none
   std::int64_t fence = 0;
   std::int64_t t_start = 0;
   std::int64_t t_end = 0;
@@ -69,7 +69,7 @@ struct Findings {
   std::vector<double> loss_signal_ms;  ///< per measured fault: ms from the stop to the server-side expiry
   std::map<std::string, std::vector<double>> loss_signal_ms_by_fault;  ///< the same, per fault kind
   std::uint64_t loss_signal_faults = 0;  ///< partitions and stalls whose target's expiry could be read
-  std::uint64_t late_loss_signals = 0;  ///< of those, at or after the expiry: the holder worked on unprotected
+  std::uint64_t late_loss_signals = 0;   ///< of those, at or after the expiry: the holder worked on unprotected
   double max_unavailability_ms = 0;
   double worst_unavailability_excess_ms = 0;  ///< beyond the bound; > 0 fails
   std::uint64_t unavailability_over_bound = 0;

@@ -1,8 +1,8 @@
 // The torture checks on hand-written records: each test is one property the analyser must see, or must not
 // invent. No database: the events are what workers would have reported.
-#include <gtest/gtest.h>
-
 #include "checks.hpp"
+
+#include <gtest/gtest.h>
 
 namespace torture {
 namespace {

@@ -6,8 +6,8 @@
 namespace torture {
 namespace {
 
-constexpr std::array<std::string_view, 9> names = {"start", "want", "grant", "enter", "write",
-                                                   "stop", "exit", "released", "acquire_failed"};
+constexpr std::array<std::string_view, 9> names = {"start", "want", "grant",    "enter",         "write",
+                                                   "stop",  "exit", "released", "acquire_failed"};
 
 }  // namespace
 
@@ -15,8 +15,8 @@ std::string_view name_of(EventKind k) noexcept { return names.at(static_cast<std
 
 std::string format_event(const Event& e) {
   std::string s(name_of(e.kind));
-  for (const std::int64_t v : {std::int64_t{e.slot}, std::int64_t{e.pid}, std::int64_t{e.key}, e.fence, e.t0, e.t1,
-                               e.value}) {
+  for (const std::int64_t v :
+       {std::int64_t{e.slot}, std::int64_t{e.pid}, std::int64_t{e.key}, e.fence, e.t0, e.t1, e.value}) {
     s += ' ';
     s += std::to_string(v);
   }

@@ -22,14 +22,14 @@ inline std::int64_t mono_ns() noexcept {
 }
 
 enum class EventKind {
-  start,     ///< worker up; value: clock skew in hours (0: none)
-  want,      ///< about to acquire `key`; t0
-  grant,     ///< acquired `key` with `fence`; t0: acquire call started, t1: it returned
-  enter,     ///< critical section entered; t0
-  write,     ///< fenced write with `fence`; t0..t1; value: WriteResult
-  stop,      ///< the lease's stop_token fired; t0
-  exit,      ///< critical section left; t0
-  released,  ///< release returned; t0; value: 0 ok, else the distrlock errc
+  start,           ///< worker up; value: clock skew in hours (0: none)
+  want,            ///< about to acquire `key`; t0
+  grant,           ///< acquired `key` with `fence`; t0: acquire call started, t1: it returned
+  enter,           ///< critical section entered; t0
+  write,           ///< fenced write with `fence`; t0..t1; value: WriteResult
+  stop,            ///< the lease's stop_token fired; t0
+  exit,            ///< critical section left; t0
+  released,        ///< release returned; t0; value: 0 ok, else the distrlock errc
   acquire_failed,  ///< acquire gave up; t0; value: the distrlock errc
 };
 
@@ -37,9 +37,9 @@ enum class WriteResult { rejected = 0, accepted = 1, failed = 2 };
 
 struct Event {
   EventKind kind{};
-  int slot = 0;       ///< worker slot (0..P-1); a replacement keeps its slot
+  int slot = 0;  ///< worker slot (0..P-1); a replacement keeps its slot
   long pid = 0;
-  int key = 0;        ///< key index (0..K-1)
+  int key = 0;  ///< key index (0..K-1)
   std::int64_t fence = 0;
   std::int64_t t0 = 0;
   std::int64_t t1 = 0;
@@ -47,7 +47,7 @@ struct Event {
 };
 
 std::string_view name_of(EventKind k) noexcept;
-std::string format_event(const Event& e);            ///< one line, with its '\n'
+std::string format_event(const Event& e);                 ///< one line, with its '\n'
 std::optional<Event> parse_event(std::string_view line);  ///< nothing for a malformed line
 
 }  // namespace torture

@@ -311,7 +311,7 @@ class EventLog {
 
  private:
   mutable std::mutex mu_;
-  std::vector<Event> events_;         // guarded by mu_
+  std::vector<Event> events_;        // guarded by mu_
   std::map<long, Holding> holding_;  // guarded by mu_
 };
 
@@ -440,15 +440,15 @@ NativeDb& Torture::admin_db() {
 
 void Torture::start_worker(int slot, int skew_hours) {
   const std::string db = server_backend() ? relays_[static_cast<std::size_t>(slot)]->rewrite(cfg_.db) : cfg_.db;
-  std::vector<std::string> argv = {exe_,       "--worker",
-                                   "--db",     db,
-                                   "--guard-db", cfg_.db,
-                                   "--table",  cfg_.table,
-                                   "--run-id", run_id_,
-                                   "--slot",   std::to_string(slot),
-                                   "--keys",   std::to_string(cfg_.keys),
-                                   "--ttl",    std::to_string(cfg_.ttl.count()) + "ms",
-                                   "--seed",   std::to_string(rng_() | 1U),
+  std::vector<std::string> argv = {exe_,           "--worker",
+                                   "--db",         db,
+                                   "--guard-db",   cfg_.db,
+                                   "--table",      cfg_.table,
+                                   "--run-id",     run_id_,
+                                   "--slot",       std::to_string(slot),
+                                   "--keys",       std::to_string(cfg_.keys),
+                                   "--ttl",        std::to_string(cfg_.ttl.count()) + "ms",
+                                   "--seed",       std::to_string(rng_() | 1U),
                                    "--skew-hours", std::to_string(skew_hours == tz_only ? 0 : skew_hours)};
   if (!cfg_.plant.empty()) argv.insert(argv.end(), {"--plant", cfg_.plant});
   std::vector<std::string> env;
@@ -568,8 +568,8 @@ Fault Torture::inject(const std::string& kind) {
     Stopped stopped({target->pid()});
     idle(hold_for());
   } else if (kind == "partition") {
-    auto mode = partition_hang_next_ || !blackhole_works_ ? dlrelay::Relay::Mode::hang
-                                                          : dlrelay::Relay::Mode::blackhole;
+    auto mode =
+        partition_hang_next_ || !blackhole_works_ ? dlrelay::Relay::Mode::hang : dlrelay::Relay::Mode::blackhole;
     partition_hang_next_ = !partition_hang_next_;
     dlrelay::Relay& relay = *relays_[static_cast<std::size_t>(f.slot)];
     std::optional<Partitioned> cut(std::in_place, relay, mode);
@@ -650,7 +650,8 @@ Fault Torture::inject(const std::string& kind) {
     pending_skew_[static_cast<std::size_t>(f.slot)] = hours;
     target->injected = true;
     target->signal(SIGTERM);
-    f.detail = "next start at " + (hours == tz_only ? std::string("+0h") : (hours > 0 ? "+" : "") + std::to_string(hours) + "h");
+    f.detail = "next start at " +
+               (hours == tz_only ? std::string("+0h") : (hours > 0 ? "+" : "") + std::to_string(hours) + "h");
   }
   f.t_end = mono_ns();
   return f;
@@ -689,9 +690,9 @@ int Torture::run() {
   const bool skew = std::find(cfg_.faults.begin(), cfg_.faults.end(), "skew") != cfg_.faults.end();
   for (int s = 0; s < cfg_.workers; ++s) start_worker(s, skew && s == cfg_.workers - 1 ? random_skew() : 0);
 
-  const auto run_end = std::chrono::steady_clock::now() +
-                       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                           std::chrono::duration<double>(cfg_.seconds));
+  const auto run_end =
+      std::chrono::steady_clock::now() +
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(cfg_.seconds));
   // Faults stop early enough for every one of them to heal and every lease to expire before the end.
   const auto faults_end = run_end - 2 * cfg_.ttl - 1s;
   std::vector<std::string> bag;
@@ -749,8 +750,8 @@ int Torture::report(const Record& rec, const Findings& f, double elapsed_s) {
   for (const std::string& k : cfg_.faults)
     if (fault_counts_[k] < cfg_.min_faults) too_few.push_back(k);
   const bool ok = f.overlapping_critical_sections == 0 && f.stale_writes_accepted == 0 && f.duplicate_fences == 0 &&
-                  f.late_loss_signals == 0 && f.unavailability_over_bound == 0 && leaked == 0 && f.worker_crashes == 0 && too_few.empty() &&
-                  !interrupts_.requested();
+                  f.late_loss_signals == 0 && f.unavailability_over_bound == 0 && leaked == 0 &&
+                  f.worker_crashes == 0 && too_few.empty() && !interrupts_.requested();
   for (const std::string& k : too_few)
     std::cerr << "distrlock-torture: FAILED: fault " << k << " was injected " << fault_counts_[k]
               << " times, fewer than --min-faults " << cfg_.min_faults << " (run longer)\n";

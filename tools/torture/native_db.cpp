@@ -59,20 +59,22 @@ class PgDb final : public NativeDb {
     conn_.reset(PQconnectdbParams(keys, values, 1));
     if (PQstatus(conn_.get()) != CONNECTION_OK) throw DbError(std::string("postgres: ") + PQerrorMessage(conn_.get()));
     // "relation already exists, skipping" and the like are no news: keep stderr for the interleavings.
-    PQsetNoticeProcessor(conn_.get(), [](void*, const char*) {}, nullptr);
+    PQsetNoticeProcessor(
+        conn_.get(), [](void*, const char*) {}, nullptr);
   }
 
   void create_guard_table() override {
-    exec("CREATE TABLE IF NOT EXISTS torture_guard (k text PRIMARY KEY, fence bigint NOT NULL, "
-         "writes bigint NOT NULL)");
+    exec(
+        "CREATE TABLE IF NOT EXISTS torture_guard (k text PRIMARY KEY, fence bigint NOT NULL, "
+        "writes bigint NOT NULL)");
   }
 
   WriteResult fenced_write(const std::string& key, std::int64_t fence, bool check_fence, std::stop_token) override {
-    const char* sql = check_fence
-                          ? "INSERT INTO torture_guard AS g (k, fence, writes) VALUES ($1, $2, 1) ON CONFLICT (k) "
-                            "DO UPDATE SET fence = EXCLUDED.fence, writes = g.writes + 1 WHERE g.fence <= EXCLUDED.fence"
-                          : "INSERT INTO torture_guard AS g (k, fence, writes) VALUES ($1, $2, 1) ON CONFLICT (k) "
-                            "DO UPDATE SET fence = EXCLUDED.fence, writes = g.writes + 1";
+    const char* sql =
+        check_fence ? "INSERT INTO torture_guard AS g (k, fence, writes) VALUES ($1, $2, 1) ON CONFLICT (k) "
+                      "DO UPDATE SET fence = EXCLUDED.fence, writes = g.writes + 1 WHERE g.fence <= EXCLUDED.fence"
+                    : "INSERT INTO torture_guard AS g (k, fence, writes) VALUES ($1, $2, 1) ON CONFLICT (k) "
+                      "DO UPDATE SET fence = EXCLUDED.fence, writes = g.writes + 1";
     const std::string f = std::to_string(fence);
     const char* params[] = {key.c_str(), f.c_str()};
     PgResult r(PQexecParams(conn_.get(), sql, 2, nullptr, params, nullptr, nullptr, 0));
@@ -83,7 +85,8 @@ class PgDb final : public NativeDb {
   void begin_hold(const std::string& lock_table, const std::string& key) override {
     exec("BEGIN");
     exec("SET LOCAL lock_timeout = '2s'");
-    const std::string sql = "SELECT 1 FROM " + quoted(lock_table, '"') + " WHERE key = convert_to($1, 'UTF8') FOR UPDATE";
+    const std::string sql =
+        "SELECT 1 FROM " + quoted(lock_table, '"') + " WHERE key = convert_to($1, 'UTF8') FOR UPDATE";
     const char* params[] = {key.c_str()};
     PgResult r(PQexecParams(conn_.get(), sql.c_str(), 1, nullptr, params, nullptr, nullptr, 0));
     if (PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
@@ -99,8 +102,8 @@ class PgDb final : public NativeDb {
     for (const int port : ports) {
       const std::string p = std::to_string(port);
       const char* params[] = {p.c_str()};
-      PgResult r(PQexecParams(conn_.get(), "SELECT pid FROM pg_stat_activity WHERE client_port = $1::int", 1,
-                              nullptr, params, nullptr, nullptr, 0));
+      PgResult r(PQexecParams(conn_.get(), "SELECT pid FROM pg_stat_activity WHERE client_port = $1::int", 1, nullptr,
+                              params, nullptr, nullptr, 0));
       if (PQresultStatus(r.get()) != PGRES_TUPLES_OK) throw DbError(PQresultErrorMessage(r.get()));
       for (int i = 0; i < PQntuples(r.get()); ++i) pids.push_back(std::stol(PQgetvalue(r.get(), i, 0)));
     }
@@ -111,8 +114,8 @@ class PgDb final : public NativeDb {
     const std::string p = std::to_string(port);
     const char* params[] = {p.c_str()};
     PgResult r(PQexecParams(conn_.get(),
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_port = $1::int",
-                            1, nullptr, params, nullptr, nullptr, 0));
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_port = $1::int", 1,
+                            nullptr, params, nullptr, nullptr, 0));
     if (PQresultStatus(r.get()) != PGRES_TUPLES_OK) throw DbError(PQresultErrorMessage(r.get()));
     return PQntuples(r.get()) > 0;
   }
@@ -180,8 +183,9 @@ class MysqlDb final : public NativeDb {
   }
 
   void create_guard_table() override {
-    exec("CREATE TABLE IF NOT EXISTS torture_guard (k VARCHAR(255) PRIMARY KEY, fence BIGINT NOT NULL, "
-         "writes BIGINT NOT NULL) ENGINE=InnoDB");
+    exec(
+        "CREATE TABLE IF NOT EXISTS torture_guard (k VARCHAR(255) PRIMARY KEY, fence BIGINT NOT NULL, "
+        "writes BIGINT NOT NULL) ENGINE=InnoDB");
   }
 
   WriteResult fenced_write(const std::string& key, std::int64_t fence, bool check_fence, std::stop_token) override {
@@ -200,7 +204,8 @@ class MysqlDb final : public NativeDb {
   void begin_hold(const std::string& lock_table, const std::string& key) override {
     exec("SET SESSION innodb_lock_wait_timeout = 2");
     exec("START TRANSACTION");
-    const std::string sql = "SELECT 1 FROM " + quoted(lock_table, '`') + " WHERE `key` = " + literal(key) + " FOR UPDATE";
+    const std::string sql =
+        "SELECT 1 FROM " + quoted(lock_table, '`') + " WHERE `key` = " + literal(key) + " FOR UPDATE";
     if (mysql_real_query(conn_.get(), sql.data(), sql.size()) != 0) {
       const std::string why = mysql_error(conn_.get());
       end_hold();
@@ -212,7 +217,8 @@ class MysqlDb final : public NativeDb {
   void end_hold() noexcept override { mysql_query(conn_.get(), "ROLLBACK"); }
 
   bool terminate(int port) override {
-    const std::string sql = "SELECT id FROM information_schema.processlist WHERE host LIKE '%:" + std::to_string(port) + "'";
+    const std::string sql =
+        "SELECT id FROM information_schema.processlist WHERE host LIKE '%:" + std::to_string(port) + "'";
     if (mysql_real_query(conn_.get(), sql.data(), sql.size()) != 0) throw DbError(mysql_error(conn_.get()));
     std::unique_ptr<MYSQL_RES, MysqlResultDeleter> r(mysql_store_result(conn_.get()));
     std::vector<std::string> ids;
@@ -257,8 +263,9 @@ class SqliteDb final : public NativeDb {
   }
 
   void create_guard_table() override {
-    exec("CREATE TABLE IF NOT EXISTS torture_guard (k TEXT PRIMARY KEY, fence INTEGER NOT NULL, "
-         "writes INTEGER NOT NULL)");
+    exec(
+        "CREATE TABLE IF NOT EXISTS torture_guard (k TEXT PRIMARY KEY, fence INTEGER NOT NULL, "
+        "writes INTEGER NOT NULL)");
   }
 
   WriteResult fenced_write(const std::string& key, std::int64_t fence, bool check_fence,

@@ -43,9 +43,15 @@ class NativeDb {
 
   /// Server process ids of the connections whose client port is in `ports` (PostgreSQL only; empty
   /// elsewhere: MariaDB serves every connection from one process).
-  virtual std::vector<long> backend_pids(const std::vector<int>& ports) { (void)ports; return {}; }
+  virtual std::vector<long> backend_pids(const std::vector<int>& ports) {
+    (void)ports;
+    return {};
+  }
   /// Ends the server session whose client port is `port`, from outside. Returns false when none was found.
-  virtual bool terminate(int port) { (void)port; return false; }
+  virtual bool terminate(int port) {
+    (void)port;
+    return false;
+  }
 };
 
 }  // namespace torture

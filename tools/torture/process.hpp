@@ -39,7 +39,9 @@ class WorkerProcess {
   /// Reaps the process if it has ended; returns its waitpid() status then.
   std::optional<int> poll();
   /// Waits for the end of the event stream (after the process ended).
-  void join_reader() { if (reader_.joinable()) reader_.join(); }
+  void join_reader() {
+    if (reader_.joinable()) reader_.join();
+  }
   void signal(int sig) const noexcept;
 
   /// Set by the parent for deaths it caused (kill fault, shutdown).

@@ -18,9 +18,9 @@ struct WorkerConfig {
   std::chrono::milliseconds ttl{1000};
   int event_fd = 3;
   std::uint64_t seed = 0;
-  int skew_hours = 0;     ///< only reported: the parent set up faketime
-  bool ignore_stop = false;        ///< planted bug: keep working and writing after the stop fired
-  bool skip_fence_check = false;   ///< planted bug: the guarded write does not compare fences
+  int skew_hours = 0;             ///< only reported: the parent set up faketime
+  bool ignore_stop = false;       ///< planted bug: keep working and writing after the stop fired
+  bool skip_fence_check = false;  ///< planted bug: the guarded write does not compare fences
 };
 
 /// The key name of index `k`.

@@ -12,8 +12,8 @@
 //
 // Shared by the tests (tests/support/relay.hpp) and distrlock-torture, which gives each worker its own relay.
 //
-// Thread safety: set_mode(), the counters and upstream_ports() may be used from any thread. The relay runs one thread of its own,
-// stopped by the destructor, which also removes any iptables rule it added.
+// Thread safety: set_mode(), the counters and upstream_ports() may be used from any thread. The relay runs one thread
+// of its own, stopped by the destructor, which also removes any iptables rule it added.
 #pragma once
 
 #include <atomic>
