@@ -74,15 +74,9 @@ std::string describe(const Section& s, std::int64_t t0) {
          ") in [" + fmt_ms(s.enter, t0) + ", " + fmt_ms(s.end, t0) + "] ms";
 }
 
-}  // namespace
-
-Findings analyse(const Record& r) {
-  Findings f;
-  std::vector<Section> sections = sections_of(r);
-  std::sort(sections.begin(), sections.end(),
-            [](const Section& a, const Section& b) { return std::tie(a.key, a.enter) < std::tie(b.key, b.enter); });
-
-  // Two holders at once: sections on one key that overlap on the monotonic clock.
+/// Two holders at once: sections on one key that overlap on the monotonic clock. `sections` are sorted by
+/// key, then entry.
+void check_overlaps(const Record& r, const std::vector<Section>& sections, Findings& f) {
   for (std::size_t j = 0; j < sections.size(); ++j) {
     const Section& b = sections[j];
     if (b.exempt) {
@@ -100,10 +94,12 @@ Findings analyse(const Record& r) {
                               b.key, a.enter, std::max(b.end == forever ? b.enter : b.end, a.enter)});
     }
   }
+}
 
-  // How long a wanted key could not be had: from the later of "wanted" and "the previous holder stopped
-  // keeping it", to the grant. Allowed: TTL + the reconnect bound + whatever server outage or fault on this
-  // very worker overlapped the gap.
+/// How long a wanted key could not be had: from the later of "wanted" and "the previous holder stopped
+/// keeping it", to the grant. Allowed: TTL + the reconnect bound + whatever server outage or fault on this
+/// very worker overlapped the gap.
+void check_unavailability(const Record& r, const std::vector<Section>& sections, Findings& f) {
   std::int64_t prev_end = 0;  // the latest effective end of the sections before, on the same key
   for (std::size_t j = 0; j < sections.size(); ++j) {
     const Section& s = sections[j];
@@ -124,8 +120,11 @@ Findings analyse(const Record& r) {
                               s.key, from, s.enter});
     }
   }
+}
 
-  // Fenced writes: a write is stale when a higher fence for the key was accepted before it was sent.
+/// Fenced writes: a write is stale when a higher fence for the key was accepted before it was sent. Also
+/// counts acquisitions and failed acquires, from the same pass over the events.
+void check_writes(const Record& r, Findings& f) {
   std::map<int, std::vector<const Event*>> accepted;
   for (const Event& e : r.events) {
     if (e.kind == EventKind::grant) ++f.acquisitions;
@@ -161,8 +160,10 @@ Findings analyse(const Record& r) {
                               key, newer->t0, w->t1});
     }
   }
+}
 
-  // Two grants of one key with one fencing token.
+/// Two grants of one key with one fencing token.
+void check_fences(const Record& r, Findings& f) {
   std::map<std::pair<int, std::int64_t>, const Event*> grants;
   for (const Event& e : r.events) {
     if (e.kind != EventKind::grant) continue;
@@ -175,9 +176,11 @@ Findings analyse(const Record& r) {
                                 fmt_ms(e.t1, r.t_start) + " ms",
                             e.key, it->second->t0, e.t1});
   }
+}
 
-  // The loss signal: how long before the server-side expiry the holder's stop fired (negative: after it).
-  // A holder that kept working past the expiry without a stop counts with its exit time.
+/// The loss signal: how long before the server-side expiry the holder's stop fired (negative: after it).
+/// A holder that kept working past the expiry without a stop counts with its exit time.
+void check_loss_signal(const Record& r, Findings& f) {
   for (const Fault& x : r.faults) {
     if (!x.expiry || x.key < 0) continue;
     ++f.loss_signal_faults;
@@ -207,7 +210,9 @@ Findings analyse(const Record& r) {
                                 (x.detail.empty() ? "" : " (" + x.detail + ")"),
                             x.key, x.t_start, *signalled});
   }
+}
 
+void check_crashes_and_leaks(const Record& r, Findings& f) {
   for (const auto& [pid, d] : r.deaths)
     if (!d.injected && d.how != "exit 0") {
       ++f.worker_crashes;
@@ -217,6 +222,21 @@ Findings analyse(const Record& r) {
   for (const int key : r.leaked_keys)
     f.violations.push_back(
         {"key " + std::to_string(key) + " still held after every worker shut down cleanly", key, 0, 0});
+}
+
+}  // namespace
+
+Findings analyse(const Record& r) {
+  Findings f;
+  std::vector<Section> sections = sections_of(r);
+  std::sort(sections.begin(), sections.end(),
+            [](const Section& a, const Section& b) { return std::tie(a.key, a.enter) < std::tie(b.key, b.enter); });
+  check_overlaps(r, sections, f);
+  check_unavailability(r, sections, f);
+  check_writes(r, f);
+  check_fences(r, f);
+  check_loss_signal(r, f);
+  check_crashes_and_leaks(r, f);
   return f;
 }
 

@@ -68,7 +68,7 @@ WorkerProcess::WorkerProcess(int slot, const std::vector<std::string>& argv, con
       if (n <= 0) break;
       buf.append(chunk, static_cast<std::size_t>(n));
       std::size_t start = 0;
-      for (std::size_t nl; (nl = buf.find('\n', start)) != std::string::npos; start = nl + 1)
+      for (std::size_t nl = 0; (nl = buf.find('\n', start)) != std::string::npos; start = nl + 1)
         on_line(std::string_view(buf).substr(start, nl - start));
       buf.erase(0, start);
     }

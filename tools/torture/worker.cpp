@@ -34,7 +34,7 @@ class EventSink {
             std::int64_t value = 0) const noexcept {
     try {
       const std::string line = format_event(Event{kind, slot_, pid_, key, fence, t0, t1, value});
-      ssize_t n;
+      ssize_t n = 0;
       do {
         n = ::write(fd_, line.data(), line.size());
       } while (n < 0 && errno == EINTR);
@@ -94,8 +94,12 @@ int run_worker(const WorkerConfig& cfg) {
   struct WakeOnExit {
     std::jthread& t;
     std::stop_source& s;
+    WakeOnExit(std::jthread& thread, std::stop_source& source) : t(thread), s(source) {}
+    WakeOnExit(const WakeOnExit&) = delete;
+    WakeOnExit& operator=(const WakeOnExit&) = delete;
     ~WakeOnExit() {
-      if (!s.stop_requested()) pthread_kill(t.native_handle(), SIGTERM);
+      // Not a termination: the signal is blocked everywhere and that thread takes it with sigwait().
+      if (!s.stop_requested()) pthread_kill(t.native_handle(), SIGTERM);  // NOLINT(bugprone-bad-signal-to-kill-thread)
     }
   } wake_on_exit{signals, shutdown};
 
