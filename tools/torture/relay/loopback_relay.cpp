@@ -1,8 +1,7 @@
-#include "relay.hpp"
+#include "loopback_relay.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -13,9 +12,10 @@
 #include <cerrno>
 #include <cstdlib>
 #include <stdexcept>
+#include <string_view>
 #include <vector>
 
-namespace dltest {
+namespace dlrelay {
 namespace {
 
 int listen_on_loopback(int& port) {
@@ -35,6 +35,13 @@ int listen_on_loopback(int& port) {
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   port = ntohs(a.sin_port);
   return fd;
+}
+
+int local_port(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof a;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return 0;
+  return ntohs(a.sin_port);
 }
 
 int connect_to(const std::string& host, int port) {
@@ -67,6 +74,7 @@ bool write_all(int fd, const char* data, std::size_t n) {
 struct Pair {
   int client = -1;
   int server = -1;
+  int server_local_port = 0;
   bool server_spoke_last = true;  // the next client data starts a burst
 };
 
@@ -104,32 +112,49 @@ Relay::~Relay() {
 
 bool Relay::iptables(const char* action) {
   // Both directions on the loopback interface: what the client sends to the relay and what the relay sends back.
-  for (const char* dir : {"--dport", "--sport"}) {
+  // Whatever iptables prints goes to stderr: a tool's stdout may be reserved for its results.
+  const auto rule = [this, action](const char* dir) {
     const std::string cmd = std::string("iptables -w ") + action + " INPUT -i lo -p tcp " + dir + " " +
-                            std::to_string(port_) + " -j DROP 2>&1";
+                            std::to_string(port_) + " -j DROP 1>&2";
     const int rc = std::system(cmd.c_str());
-    if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
-      ADD_FAILURE() << "relay: `" << cmd << "` failed (blackhole mode needs root and iptables)";
-      return false;
-    }
+    if (WIFEXITED(rc) && WEXITSTATUS(rc) == 0) return true;
+    last_error_ = "relay: `" + cmd + "` failed (blackhole mode needs root and iptables)";
+    return false;
+  };
+  if (!rule("--dport")) return false;
+  if (rule("--sport")) return true;
+  if (std::string_view(action) == "-I") {  // never leave half a blackhole behind
+    const std::string undo = "iptables -w -D INPUT -i lo -p tcp --dport " + std::to_string(port_) + " -j DROP 1>&2";
+    [[maybe_unused]] const int rc = std::system(undo.c_str());
   }
-  return true;
+  return false;
 }
 
 bool Relay::set_mode(Mode mode) {
+  bool ok = true;
   {
     std::lock_guard lk(rule_mu_);
     if (mode == Mode::blackhole && !rule_added_) {
       if (!iptables("-I")) return false;
       rule_added_ = true;
     } else if (mode != Mode::blackhole && rule_added_) {
-      iptables("-D");
+      ok = iptables("-D");  // the mode changes anyway: forwarding resumes as far as the relay can tell
       rule_added_ = false;
     }
   }
   mode_ = mode;
   [[maybe_unused]] const ssize_t n = ::write(wake_[1], "x", 1);
-  return true;
+  return ok;
+}
+
+std::string Relay::last_error() const {
+  std::lock_guard lk(rule_mu_);
+  return last_error_;
+}
+
+std::vector<int> Relay::upstream_ports() const {
+  std::lock_guard lk(ports_mu_);
+  return upstream_ports_;
 }
 
 std::string Relay::rewrite(const std::string& url) const {
@@ -142,10 +167,12 @@ std::string Relay::rewrite(const std::string& url) const {
 void Relay::run() {
   std::vector<Pair> pairs;
   std::vector<char> buf(64 * 1024);
-  auto close_pair = [](Pair& p) {
+  auto close_pair = [this](Pair& p) {
     if (p.client >= 0) ::close(p.client);
     if (p.server >= 0) ::close(p.server);
     p.client = p.server = -1;
+    std::lock_guard lk(ports_mu_);
+    std::erase(upstream_ports_, p.server_local_port);
   };
   while (!stop_) {
     const bool forwarding = mode_.load() != Mode::hang;
@@ -174,7 +201,10 @@ void Relay::run() {
         if (s < 0) {
           ::close(c);
         } else {
-          pairs.push_back({c, s, true});
+          const int upstream = local_port(s);
+          pairs.push_back({c, s, upstream, true});
+          std::lock_guard lk(ports_mu_);
+          upstream_ports_.push_back(upstream);
         }
       }
     }
@@ -219,4 +249,4 @@ int url_port(const std::string& url) {
   return at == std::string::npos ? 0 : std::atoi(url.c_str() + at + 5);
 }
 
-}  // namespace dltest
+}  // namespace dlrelay
