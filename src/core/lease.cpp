@@ -173,6 +173,25 @@ std::optional<Lease> Manager::acquire(std::string key, const LeaseOptions& optio
     if (ec) return std::nullopt;
     lock.acquire(options.ttl, options.wait, ec, call);
     if (ec) return std::nullopt;
+    auto deadline_of = [&] {
+      const detail::LeaseClock::time_point sent_at{detail::LeaseClock::duration(lock.sent_at_ns_)};
+      return detail::stop_deadline(sent_at, lock.expires_in(), margin);
+    };
+    if (deadline_of() <= detail::LeaseClock::now()) {
+      // The grant came back too late to be of use: the statement waited on the server (for a row lock, say)
+      // longer than the lease is counted from its send. Refresh it once with the same token, which takes no wait.
+      const std::string token = *lock.token();
+      lock.acquire(options.ttl, milliseconds{0}, ec, call);
+      if (!ec && deadline_of() <= detail::LeaseClock::now())
+        fail(ec, errc::timeout, "the grant came back after its lease would already have been over; released");
+      if (ec) {
+        const std::string detail = detail::take_last_detail();
+        state_->keeper->release_later(lock.key(), token,
+                                      std::min(state_->options.operation_timeout, milliseconds{1000}));
+        detail::set_last_detail(detail);
+        return std::nullopt;
+      }
+    }
 
     auto beat = std::make_shared<detail::Beat>();
     beat->key = lock.key();
@@ -181,8 +200,7 @@ std::optional<Lease> Manager::acquire(std::string key, const LeaseOptions& optio
     beat->ttl = options.ttl;
     beat->extend_every = extend_every;
     beat->safety_margin = margin;
-    const detail::LeaseClock::time_point sent_at{detail::LeaseClock::duration(lock.sent_at_ns_)};
-    beat->stop_at = detail::stop_deadline(sent_at, lock.expires_in(), margin).time_since_epoch().count();
+    beat->stop_at = deadline_of().time_since_epoch().count();
     auto state = std::make_shared<detail::LeaseState>(detail::LeaseState{
         state_, std::move(lock), beat,
         options.release_timeout > milliseconds{0} ? options.release_timeout : state_->options.operation_timeout});

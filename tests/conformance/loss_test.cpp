@@ -235,3 +235,31 @@ TEST_P(Conformance, ALeaseThatOutlivesItsManagerIsStillExtendedAndThenReleased) 
 
 }  // namespace
 }  // namespace dltest
+
+namespace dltest {
+namespace {
+
+TEST_P(ServerConformance, ALeaseGrantedAfterAWaitLongerThanItsTtlIsUsableWhenAcquireReturns) {
+  // A caller's open transaction holds the key's row; our acquire waits on the server for longer than its TTL, and
+  // is granted when that transaction rolls back. A lease counted from its send would be over on arrival.
+  {
+    distrlock::Lock first = manager().lock(key());  // hold_row needs the key's row to exist
+    ASSERT_TRUE(first.try_acquire(30s));
+    first.release();
+  }
+  auto blocker = session();
+  blocker->hold_row(key());
+  std::thread release_later([&] {
+    std::this_thread::sleep_for(1500ms);
+    blocker->query("ROLLBACK");
+  });
+  std::error_code ec;
+  std::optional<distrlock::Lease> lease = manager().acquire(key(), {.ttl = 1s}, ec);
+  release_later.join();
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_FALSE(lease->lost()) << "acquire returned a lease that was already over";
+  EXPECT_FALSE(lease->stop_token().stop_requested());
+}
+
+}  // namespace
+}  // namespace dltest

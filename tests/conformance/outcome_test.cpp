@@ -27,10 +27,11 @@ TEST_P(Conformance, AReleaseWhoseOutcomeIsUnknownKeepsTheTokenAndARetryReleasesT
   const auto took = Clock::now() - started;
   EXPECT_EQ(ec, errc::timeout) << ec.message();
   EXPECT_TRUE(distrlock::outcome_may_be_unknown(ec));
-  // The deadline, plus 1 s of slack for the statement's cancel and a loaded VM (nothing else runs after an
-  // unknown release: no undo is tried).
-  EXPECT_GE(took, 300ms);
-  EXPECT_LT(took, 1300ms);
+  // By the deadline, never after it (slack: 250 ms of scheduling on a loaded VM; nothing else runs after an
+  // unknown release: no undo is tried). A server that bounds the statement itself may end it a little earlier
+  // (MariaDB's max_statement_time: 300 - min(100, 300 / 10) = 270 ms).
+  EXPECT_GE(took, 250ms);
+  EXPECT_LT(took, 300ms + 250ms);
   EXPECT_EQ(lock.token(), token) << "a release with an unknown outcome must keep the token for a retry";
   EXPECT_EQ(lock.fencing_token(), fence);
 

@@ -9,7 +9,6 @@
 #include <functional>
 #include <initializer_list>
 #include <map>
-#include <ranges>
 #include <set>
 
 #include "backends/mysql/mysql_connection.hpp"
@@ -315,10 +314,10 @@ class MysqlBackend final : public Backend {
   void migrate_down(const OpContext& ctx, std::error_code& ec) override {
     locked_migration(ctx, ec, [&](const Exec& run, const std::set<int>& applied) {
       const std::vector<Migration> all = migrations();
-      for (const Migration& m : std::views::reverse(all)) {
-        if (!applied.contains(m.version)) continue;
-        run(m.down);
-        run("DELETE FROM " + versions_table_ + " WHERE `version` = " + std::to_string(m.version));
+      for (auto m = all.rbegin(); m != all.rend(); ++m) {  // newest first
+        if (!applied.contains(m->version)) continue;
+        run(m->down);
+        run("DELETE FROM " + versions_table_ + " WHERE `version` = " + std::to_string(m->version));
       }
       run("DROP TABLE IF EXISTS " + versions_table_);
     });

@@ -67,6 +67,9 @@ class PostgresBackend final : public Backend {
     // when the statement's snapshot shows the row free, expired or ours; a busy answer reads the row and locks
     // nothing. (A holder that committed after the snapshot still meets the WHERE under the row lock.)
     //
+    // A takeover counts its expiry from when it updates the row, after any wait for the row lock, not from when
+    // the statement began (`excluded.expires`): a grant after a long wait would otherwise be over on arrival.
+    //
     // {durable}: on a caller's connection, the grant commits with the caller's transaction, which must then wait
     // for its WAL flush whatever synchronous_commit the session has (our own connections set it at connect).
     const std::string acquire =
@@ -74,7 +77,8 @@ class PostgresBackend final : public Backend {
         "granted AS (INSERT INTO " + table_ + " AS l (key, token, fence, expires, owner) SELECT $1, $2, 1, " +
         "clock_timestamp() + " + ttl + ", $4 WHERE NOT EXISTS (SELECT 1 FROM cur WHERE cur.token IS NOT NULL " +
         "AND cur.expires > clock_timestamp() AND cur.token <> $2) ON CONFLICT (key) DO UPDATE SET " +
-        "token = excluded.token, fence = l.fence + 1, expires = excluded.expires, owner = excluded.owner " +
+        "token = excluded.token, fence = l.fence + 1, expires = clock_timestamp() + " + ttl + ", " +
+        "owner = excluded.owner " +
         "WHERE l.token IS NULL OR l.expires <= clock_timestamp() OR l.token = excluded.token " +
         "RETURNING l.fence, l.expires){durable_cte} " +
         "SELECT true, fence, " + millis_left("expires") + ", NULL::text FROM granted{durable_from} UNION ALL " +
