@@ -174,14 +174,16 @@ void Keeper::watchdog_loop() {
       due.clear();
       continue;  // deadlines may have passed while the callbacks ran
     }
+    // Armed with a relative time: the difference of two readings of our clock is right even where the clock's
+    // value is not the kernel's (a process under libfaketime fakes CLOCK_BOOTTIME's value, not its rate). The
+    // kernel then counts it on CLOCK_BOOTTIME, suspend included.
     itimerspec spec{};
     if (earliest != never) {
-      const auto ns = earliest.time_since_epoch().count();
+      const auto ns = std::max<LeaseClock::rep>(1, (earliest - LeaseClock::now()).count());
       spec.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
       spec.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
-      if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0) spec.it_value.tv_nsec = 1;
     }
-    ::timerfd_settime(timer_fd_, TFD_TIMER_ABSTIME, &spec, nullptr);
+    ::timerfd_settime(timer_fd_, 0, &spec, nullptr);
     pollfd fds[2] = {{event_fd_, POLLIN, 0}, {timer_fd_, POLLIN, 0}};
     while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
     }

@@ -614,7 +614,16 @@ Fault Torture::inject(const std::string& kind) {
       Stopped stopped(pids);
       f.t_start = mono_ns();
       f.expiry = server_expiry(f.key, f.pid);
-      idle(hold_for());
+      // The library may drop the stuck connections and extend the lease over new ones (new backends, not
+      // stopped): then the lease is legitimately still valid. Follow its expiry on the server while the stall
+      // lasts, so that the loss signal is measured against the expiry that really held.
+      const auto until = std::chrono::steady_clock::now() + hold_for();
+      while (std::chrono::steady_clock::now() < until) {
+        idle(std::min<std::chrono::milliseconds>(
+            50ms, std::chrono::ceil<std::chrono::milliseconds>(until - std::chrono::steady_clock::now())));
+        if (!f.expiry) continue;
+        if (const auto later = server_expiry(f.key, f.pid); later && *later > *f.expiry) f.expiry = later;
+      }
     }
   } else if (kind == "terminate") {
     if (target == nullptr) return not_injected;
