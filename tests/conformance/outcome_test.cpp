@@ -1,5 +1,6 @@
 // Unknown outcomes, the pool's limit and explicit releases: what a call reports, how long it takes, and what
 // it sends.
+#include <atomic>
 #include <latch>
 #include <thread>
 
@@ -158,6 +159,91 @@ TEST_P(RelayedConformance, ACallWaitsForABusyPoolUntilItsDeadlineAndNoLongerAndS
   EXPECT_EQ(relay_->client_bursts(), before)
       << "the call that got no connection sent something, or a release followed it";
   EXPECT_EQ(relay_->connections(), 1U) << "the call that got no connection opened one";
+}
+
+// The positive case of "honest": the acquire reached the server and was granted, but its answer never came
+// back. The call fails at its deadline (never reporting the grant it did not see) and undoes it, best effort,
+// with the same token: the key is free again long before the lease's 30 s would have run out.
+TEST_P(RelayedConformance, AnAcquireWhoseAnswerNeverCameIsReleasedWithTheSameToken) {
+  {  // the row the acquire below will wait on: created by a grant, then free again
+    distrlock::Lock creator = manager().lock(key());
+    ASSERT_TRUE(creator.try_acquire(30s));
+    creator.release();
+  }
+  auto m = relayed({});
+  ASSERT_TRUE(m.lock(key() + "/warm-up").try_acquire(30s));  // opens a connection, prepares the acquire
+  auto blocker = session();
+  blocker->hold_row(key());
+
+  const auto warm = relay_->client_bursts();
+  constexpr auto deadline_after = 1500ms;
+  const auto started = Clock::now();
+  std::error_code ec;
+  bool granted = false;
+  bool holds_a_token = true;
+  Clock::duration took{};
+  std::thread acquirer([&] {
+    distrlock::Lock l = m.lock(key());
+    granted = l.try_acquire(30s, ec, Call{.deadline = started + deadline_after});
+    took = Clock::now() - started;
+    holds_a_token = l.token().has_value();
+  });
+  const auto give_up = Clock::now() + 1s;
+  while (relay_->client_bursts() == warm && Clock::now() < give_up) std::this_thread::sleep_for(1ms);
+  ASSERT_GT(relay_->client_bursts(), warm) << "the acquire was never sent";
+  // The acquire waits on the server for the row. Cut the way back, then let the server grant it.
+  ASSERT_TRUE(relay_->set_mode(Relay::Mode::hang));
+  blocker->query("ROLLBACK");
+  bool granted_on_the_server = false;
+  while (!granted_on_the_server && Clock::now() < started + deadline_after)
+    granted_on_the_server = manager().status({key()})[0].held;
+  EXPECT_TRUE(granted_on_the_server) << "the server never granted the blocked acquire";
+  // Past the deadline the library has given up on the answer; heal the path for its best-effort release.
+  std::this_thread::sleep_until(started + deadline_after + 100ms);
+  relay_->set_mode(Relay::Mode::forward);
+  acquirer.join();
+
+  EXPECT_FALSE(granted) << "a grant whose answer never came was reported as success";
+  EXPECT_EQ(ec, errc::timeout) << ec.message();
+  EXPECT_FALSE(holds_a_token);
+  // The deadline, then the best-effort release (at most 1 s, documented in docs/semantics.md), plus 500 ms of
+  // slack for a loaded VM.
+  EXPECT_LT(took, deadline_after + 1500ms);
+  const auto st = manager().status({key()});
+  EXPECT_FALSE(st[0].held) << "the grant was not undone: the key stays held for its TTL";
+}
+
+// ~Lease must come back within release_timeout even when the server takes the release and never answers.
+// (A stopped server refuses at once, so it never exercises the timeout.)
+TEST_P(RelayedConformance, ALeaseDestroyedWhileItsServerNeverAnswersReturnsWithinItsReleaseTimeout) {
+  auto m = relayed({});
+  constexpr auto release_timeout = 500ms;
+  std::optional<distrlock::Lease> lease = m.acquire(key(), {.ttl = 30s, .release_timeout = release_timeout});
+  ASSERT_TRUE(relay_->set_mode(Relay::Mode::hang));
+  const auto bursts = relay_->client_bursts();
+  const auto started = Clock::now();
+  std::atomic<bool> done{false};
+  Clock::time_point finished{};
+  std::thread destroyer([&] {
+    lease.reset();
+    finished = Clock::now();
+    done = true;
+  });
+  // Wait for it up to the bound below plus 3 s, then heal the path whatever happened: a library stuck on the
+  // network must fail this test, not hang it.
+  while (!done && Clock::now() < started + release_timeout + 3500ms) std::this_thread::sleep_for(5ms);
+  relay_->set_mode(Relay::Mode::forward);
+  destroyer.join();
+  const auto took = finished - started;
+  // The relay counts what it forwards: the release held while hanging goes through once healed.
+  const auto give_up = Clock::now() + 1s;
+  while (relay_->client_bursts() == bursts && Clock::now() < give_up) std::this_thread::sleep_for(5ms);
+  EXPECT_GT(relay_->client_bursts(), bursts) << "the release was never sent, so its timeout was not exercised";
+  // It waited for an answer up to its timeout, and no longer: release_timeout plus 500 ms of slack for a
+  // loaded VM under TSan.
+  EXPECT_GE(took, release_timeout - 50ms);
+  EXPECT_LT(took, release_timeout + 500ms);
+  EXPECT_TRUE(log_.contains(distrlock::LogLevel::error, "could not release")) << "the failure must be logged";
 }
 
 }  // namespace

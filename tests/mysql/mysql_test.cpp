@@ -380,8 +380,10 @@ TEST_F(Mysql, TheHeartbeatExtendsAThousandLeasesInAHandfulOfStatements) {
   std::this_thread::sleep_for(4500ms);  // longer than the TTL: only extensions keep them
   const auto after = admin_->global_status();
   const long batches = after.at("Com_update_multi") - before.at("Com_update_multi");
+  // One batched UPDATE per heartbeat round: 4 or 5 rounds in 4.5 s at extend_every = 1 s, plus one split while
+  // the leases' due times merge; at least 4 less one lost to a loaded VM (as for PostgreSQL).
   EXPECT_GE(batches, 3);
-  EXPECT_LE(batches, 15) << "leases should be extended in batches, not one statement each";
+  EXPECT_LE(batches, 6) << "leases should be extended in batches, not one statement each";
   EXPECT_LE(after.at("Com_update") - before.at("Com_update"), 0) << "no lease should be extended on its own";
   int lost = 0;
   for (const auto& lease : held) lost += lease.lost() ? 1 : 0;
