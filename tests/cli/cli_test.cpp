@@ -1146,46 +1146,93 @@ TEST_F(CliAlone, WithTheDatabaseGoneRunExitsWithinTheReleaseBoundAfterTheCommand
   // Nothing else was done to the key: it frees itself at the end of its TTL.
 }
 
-TEST_F(CliAlone, InTheForegroundOfATerminalTheCommandGetsTheTerminalAndCtrlCReachesItOnce) {
-  // The tool as an interactive shell would run it: session leader of a new pseudo-terminal, in its foreground.
-  const int master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-  ASSERT_GE(master, 0);
-  ASSERT_EQ(::grantpt(master), 0);
-  ASSERT_EQ(::unlockpt(master), 0);
-  const std::string slave = ::ptsname(master);
-  std::vector<std::string> args =
-      command({"run", "--key", key_, "--", "sh", "-c",
-               "trap 'echo INT >> \"$0\"; exit 5' INT; cut -d' ' -f8 /proc/$$/stat > \"$1\"; "
-               "grep SigIgn /proc/$$/status > \"$3\"; echo $$ > \"$2\"; "
-               "while :; do sleep 0.05; done",
-               file("got"), file("tpgid"), file("started"), file("ignored")});
-  std::vector<char*> argp;
-  for (std::string& a : args) argp.push_back(a.data());
-  argp.push_back(nullptr);
-  std::vector<std::string> env;
-  for (const auto& [name, value] : env_)
-    if (value) env.push_back(name + "=" + *value);
-  env.push_back("PATH=" + std::string(std::getenv("PATH")));
-  std::vector<char*> envp;
-  for (std::string& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  // Opened after setsid() (glibc does that first) and without O_NOCTTY: it becomes the controlling terminal.
-  posix_spawn_file_actions_addopen(&actions, 0, slave.c_str(), O_RDWR, 0);
-  posix_spawn_file_actions_adddup2(&actions, 0, 1);
-  posix_spawn_file_actions_adddup2(&actions, 0, 2);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none;
-  sigemptyset(&none);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
-  pid_t pid = -1;
-  ASSERT_EQ(::posix_spawn(&pid, argp[0], &actions, &attr, argp.data(), envp.data()), 0);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
+/// The tool as an interactive shell runs it: session leader of a fresh pseudo-terminal, in its foreground.
+/// Killed and reaped on destruction if still running.
+class OnATerminal {
+ public:
+  OnATerminal(std::vector<std::string> args, const EnvChanges& changes) {
+    master_ = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master_ < 0 || ::grantpt(master_) != 0 || ::unlockpt(master_) != 0) {
+      ADD_FAILURE() << "no pseudo-terminal: " << std::strerror(errno);
+      return;
+    }
+    const std::string slave = ::ptsname(master_);
+    std::vector<char*> argp;
+    for (std::string& a : args) argp.push_back(a.data());
+    argp.push_back(nullptr);
+    std::vector<std::string> env = {"PATH=" + std::string(std::getenv("PATH"))};
+    for (const auto& [name, value] : changes)
+      if (value) env.push_back(name + "=" + *value);
+    std::vector<char*> envp;
+    for (std::string& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    // Opened after setsid() (glibc does that first) and without O_NOCTTY: it becomes the controlling terminal.
+    posix_spawn_file_actions_addopen(&actions, 0, slave.c_str(), O_RDWR, 0);
+    posix_spawn_file_actions_adddup2(&actions, 0, 1);
+    posix_spawn_file_actions_adddup2(&actions, 0, 2);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
+    if (const int rc = ::posix_spawn(&pid_, argp[0], &actions, &attr, argp.data(), envp.data()); rc != 0) {
+      ADD_FAILURE() << "posix_spawn: " << std::strerror(rc);
+      pid_ = -1;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+  }
+  ~OnATerminal() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (master_ >= 0) ::close(master_);
+  }
+  OnATerminal(const OnATerminal&) = delete;
+  OnATerminal& operator=(const OnATerminal&) = delete;
 
+  pid_t pid() const { return pid_; }
+  /// Types `keys` (e.g. "\x03", Ctrl-C).
+  void type(std::string_view keys) const {
+    EXPECT_EQ(::write(master_, keys.data(), keys.size()), static_cast<ssize_t>(keys.size()));
+  }
+  /// The state letter of the tool in /proc (R, S, T for stopped, ...).
+  char state() const {
+    const std::string stat = read_file("/proc/" + std::to_string(pid_) + "/stat");
+    const std::size_t paren = stat.rfind(')');
+    return paren == std::string::npos || paren + 2 >= stat.size() ? '?' : stat[paren + 2];
+  }
+  /// Waits for the exit, reading what the terminal shows meanwhile; the wait status, or -1 after `timeout`.
+  int wait(std::chrono::milliseconds timeout) {
+    const auto give_up = Clock::now() + timeout;
+    int status = -1;
+    char drain[4096];
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (Clock::now() > give_up) return -1;
+      pollfd p{master_, POLLIN, 0};
+      if (::poll(&p, 1, 10) > 0) [[maybe_unused]]
+        const ssize_t n = ::read(master_, drain, sizeof drain);
+    }
+    pid_ = -1;
+    return status;
+  }
+
+ private:
+  int master_ = -1;
+  pid_t pid_ = -1;
+};
+
+TEST_F(CliAlone, InTheForegroundOfATerminalTheCommandGetsTheTerminalAndCtrlCReachesItOnce) {
+  OnATerminal tool(command({"run", "--key", key_, "--", "sh", "-c",
+                            "trap 'echo INT >> \"$0\"; exit 5' INT; cut -d' ' -f8 /proc/$$/stat > \"$1\"; "
+                            "grep SigIgn /proc/$$/status > \"$3\"; echo $$ > \"$2\"; "
+                            "while :; do sleep 0.05; done",
+                            file("got"), file("tpgid"), file("started"), file("ignored")}),
+                   env_);
   const bool started = wait_for_file(file("started"));
   std::this_thread::sleep_for(50ms);  // "started" is written after "tpgid"
   const std::string command_pid = read_file(file("started"));
@@ -1195,24 +1242,43 @@ TEST_F(CliAlone, InTheForegroundOfATerminalTheCommandGetsTheTerminalAndCtrlCReac
   ASSERT_TRUE(ignored.starts_with("SigIgn:")) << ignored;
   EXPECT_EQ((std::stoull(ignored.substr(7), nullptr, 16) >> (SIGTTOU - 1)) & 1U, 0U)
       << "the tool's own SIGTTOU disposition leaked into the command";
-  ASSERT_EQ(::write(master, "\x03", 1), 1);  // Ctrl-C
-  int status = 0;
-  const auto give_up = Clock::now() + 20s;
-  char drain[4096];
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (Clock::now() > give_up) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      ADD_FAILURE() << "the tool did not exit after Ctrl-C";
-      break;
-    }
-    pollfd p{master, POLLIN, 0};
-    if (::poll(&p, 1, 10) > 0) [[maybe_unused]]
-      const ssize_t n = ::read(master, drain, sizeof drain);
-  }
-  ::close(master);
+  tool.type("\x03");  // Ctrl-C
+  const int status = tool.wait(20s);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 5) << "status " << status;
   EXPECT_EQ(read_file(file("got")), "INT\n") << "Ctrl-C reached the command a number of times other than once";
+}
+
+/// The state letter of process `pid` in /proc (R, S, T for stopped, ...), or '?' when it is gone.
+char process_state(const std::string& pid) {
+  const std::string stat = read_file("/proc/" + pid + "/stat");
+  const std::size_t paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() ? '?' : stat[paren + 2];
+}
+
+TEST_F(CliAlone, CtrlZStopsTheCommandAndTheToolAndContinuingTheToolContinuesBoth) {
+  // `exec sleep`: dash runs a plain command through vfork(), and a Ctrl-Z landing between that vfork and the
+  // exec stops the child while dash waits uninterruptibly for it, so no process the tool can wait for stops
+  // (the same happens under an interactive shell without distrlock). Not what this test is about.
+  OnATerminal tool(command({"run", "--key", key_, "--", "sh", "-c",
+                            "echo $$ > \"$0.tmp\"; mv \"$0.tmp\" \"$0\"; exec sleep 30", file("command.pid")}),
+                   env_);
+  ASSERT_TRUE(wait_for_file(file("command.pid")));
+  std::string command_pid = read_file(file("command.pid"));
+  command_pid.pop_back();  // the newline
+  tool.type("\x1a");       // Ctrl-Z, which the terminal sends to the command's group as SIGTSTP
+  // The tool stops itself once it sees the command stopped, so its shell would see the job stopped. Slack: 5 s.
+  const auto give_up = Clock::now() + 5s;
+  while (tool.state() != 'T' && Clock::now() < give_up) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(tool.state(), 'T') << "the tool did not stop with its command";
+  EXPECT_EQ(process_state(command_pid), 'T');
+  ::kill(tool.pid(), SIGCONT);  // what the shell's `fg` sends; the tool continues the command
+  const auto continued_by = Clock::now() + 5s;
+  while (process_state(command_pid) == 'T' && Clock::now() < continued_by) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(process_state(command_pid), 'T') << "the command was not continued with the tool";
+  EXPECT_NE(tool.state(), 'T');
+  ::kill(std::stoi(command_pid), SIGTERM);  // ends the command; the tool exits with its status
+  const int status = tool.wait(20s);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGTERM) << "status " << status;
 }
 
 TEST_F(CliAlone, StatusPadsByDisplayWidthAndCutsLongKeysWithAnEllipsisOnlyInTheTable) {
