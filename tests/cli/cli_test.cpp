@@ -417,6 +417,15 @@ TEST_P(Cli, ACommandThatIgnoresSigtermAfterLeaseLossIsKilledAfterTheGrace) {
   EXPECT_LT(r.took, 8s);
 }
 
+TEST_P(Cli, ByDefaultSigkillFollowsHalfTheSafetyMarginAfterSigtermSoBeforeTheLeaseExpires) {
+  // --ttl 1s: the safety margin is ttl/5 = 200ms, so the default --kill-after is 100ms.
+  const Result r = start_with_tool_env({"run", "--key", key_, "--ttl", "1s", "--", "sh", "-c",
+                                        "trap '' TERM; " + lose_the_lease + "while :; do sleep 0.05; done"})
+                       .wait(30s);
+  EXPECT_EQ(r.exit_code, exit_lease_lost) << describe(r);
+  EXPECT_NE(r.err.find("then SIGKILL after 100ms"), std::string::npos) << r.err;
+}
+
 /// True when no process `pid` exists any more (not even a zombie).
 bool gone(const fs::path& pid_file) {
   const std::string text = read_file(pid_file);

@@ -52,9 +52,6 @@ std::string_view command_word(const std::vector<const char*>& args) {
 }
 
 #ifdef DISTRLOCK_CLI_FULL
-/// This `distrlock` has the embedded SQLite backend only, because loading the server backends' client
-/// libraries costs milliseconds per run (see tools/distrlock/CMakeLists.txt). Any other database is the job of
-/// DISTRLOCK_CLI_FULL, the same tool with every backend, installed next to it: exec it with the same arguments.
 /// The scheme of a URL this executable cannot serve, if distrlock-full could not serve it either: "" when the URL
 /// is one of distrlock-full's (postgresql://, postgres://, mysql://, mariadb://, or a libpq key=value string).
 std::string unknown_scheme(const std::string& url) {
@@ -67,6 +64,9 @@ std::string unknown_scheme(const std::string& url) {
   return scheme.empty() ? url : scheme;
 }
 
+/// This `distrlock` has the embedded SQLite backend only, because loading the server backends' client
+/// libraries costs milliseconds per run (see tools/distrlock/CMakeLists.txt). Any other database is the job of
+/// DISTRLOCK_CLI_FULL, the same tool with every backend, installed next to it: exec it with the same arguments.
 int exec_full_tool(char** argv, const std::string& url) {
   std::string path(PATH_MAX, '\0');
   const ssize_t n = ::readlink("/proc/self/exe", path.data(), path.size() - 1);
@@ -103,9 +103,9 @@ int run_tool(int argc, char** argv) {
       app.add_option("--db", global.db, "Database URL (default: $DISTRLOCK_DB, else the embedded SQLite file)")
           ->type_name("URL");
   CLI::Option* table_option =
-      app.add_option("--table", global.table, "Lock table, name or schema.name (default: $DISTRLOCK_TABLE, else)")
-          ->type_name("NAME")
-          ->capture_default_str();
+      app.add_option("--table", global.table,
+                     "Lock table, name or schema.name (default: $DISTRLOCK_TABLE, else distributed_locks)")
+          ->type_name("NAME");
   app.add_flag("--no-migrate", global.no_migrate, "Never create the table; exit 78 when it is missing");
   app.add_option("--timeout", global.timeout_text, "Deadline of each database call and connection attempt")
       ->type_name("DURATION")

@@ -455,13 +455,13 @@ Timing check_timing(const RunOptions& o, const Invocation& invocation, const Glo
   if (!o.extend_every.empty()) {
     t.lease.extend_every = parse_duration("--extend-every", o.extend_every, false, r);
     // The lease's stop fires at ttl - margin without an extension: an extension must come before that.
-    if (t.lease.extend_every >= t.lease.ttl - margin)
+    if (t.lease.extend_every >= t.lease.ttl - margin) {
+      const std::string limit = format_duration(t.lease.ttl) + " - ttl/5 = " + format_duration(t.lease.ttl - margin);
       r.usage("--extend-every " + format_duration(t.lease.extend_every) +
-                  " is not shorter than --ttl minus its "
-                  "safety margin (" +
-                  format_duration(t.lease.ttl) + " - ttl/5 = " + format_duration(t.lease.ttl - margin) +
+                  " is not shorter than --ttl minus its safety margin (" + limit +
                   "), so the lease would be lost before its first extension",
               "leave out --extend-every (ttl/3), or pass one well below --ttl");
+    }
   }
   // SIGTERM goes out at expiry - margin (by the local estimate); SIGKILL must land before the expiry.
   t.kill_after = std::min<milliseconds>(std::chrono::seconds(5), margin / 2);
