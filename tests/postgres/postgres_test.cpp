@@ -378,6 +378,39 @@ TEST_F(Postgres, AReleaseInsideACallerTransactionLeavesItsCommitSynchronous) {
   admin_->query("COMMIT");
 }
 
+/// Whether all WAL written so far has been flushed: right after a commit that waited for its flush, it has (no
+/// other session writes here: the tests run one at a time, and nothing else is released meanwhile).
+bool wal_flushed(CallerSession& admin) {
+  return admin.query("SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()") == "t";
+}
+
+TEST_F(Postgres, GrantsOnOurOwnConnectionsAreDurableWhenTheDatabaseDefaultIsSynchronousCommitOff) {
+  const std::string db = admin_->query("SELECT current_database()");
+  admin_->query("ALTER DATABASE " + db + " SET synchronous_commit = off");
+  int unflushed = 0;
+  {
+    distrlock::Options o;
+    o.pool_size = 1;
+    auto fresh = open(o);  // new connections, which start with the database's default
+    std::vector<distrlock::Lock> held;
+    for (int i = 0; i < 10; ++i) {
+      held.push_back(fresh.lock(key_ + "/" + std::to_string(i)));
+      ASSERT_TRUE(held.back().try_acquire(30s));
+      if (!wal_flushed(*admin_)) ++unflushed;
+    }
+    // A release relaxes synchronous_commit for its own transaction only: the next grant on the same (only)
+    // connection is durable again, and its flush takes the release's WAL with it.
+    held.front().release();
+    distrlock::Lock again = fresh.lock(key_ + "/0");
+    ASSERT_TRUE(again.try_acquire(30s));
+    if (!wal_flushed(*admin_)) ++unflushed;
+    for (std::size_t i = 1; i < held.size(); ++i) held[i].release();
+    again.release();
+  }
+  admin_->query("ALTER DATABASE " + db + " RESET synchronous_commit");
+  EXPECT_EQ(unflushed, 0) << "grants returned before their commit reached the disk";
+}
+
 TEST_F(Postgres, ExpiryIsStoredAsTimestamptzFromTheServerClock) {
   EXPECT_EQ(admin_->query("SELECT data_type FROM information_schema.columns WHERE table_name = "
                           "'distributed_locks' AND column_name = 'expires'"),
