@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "relay.hpp"
 #include "support.hpp"
 
 extern char** environ;
@@ -1101,92 +1102,16 @@ TEST_F(CliAlone, WaitAgainstAServerThatNeverAnswersTakesTheWaitPlusTheTimeout) {
   EXPECT_LT(r.took, 5s) << describe(r);
 }
 
-/// A TCP relay to 127.0.0.1:`upstream` that can freeze: from freeze() on, it forwards nothing in either direction
-/// and keeps every connection open, as a database host that stopped answering (or a partition) looks.
-class FreezingRelay {
- public:
-  explicit FreezingRelay(unsigned short upstream) : upstream_(upstream) {
-    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    EXPECT_EQ(::listen(listener_, 16), 0);
-    socklen_t len = sizeof a;
-    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    acceptor_ = std::thread([this] { accept_loop(); });
-  }
-  ~FreezingRelay() {
-    stop_ = true;
-    acceptor_.join();  // first: then nothing adds to threads_ any more
-    for (std::thread& t : threads_) t.join();
-    ::close(listener_);
-  }
-  FreezingRelay(const FreezingRelay&) = delete;
-  FreezingRelay& operator=(const FreezingRelay&) = delete;
-
-  unsigned short port() const { return port_; }
-  void freeze() { frozen_ = true; }
-
- private:
-  void accept_loop() {
-    while (!stop_) {
-      pollfd p{listener_, POLLIN, 0};
-      if (::poll(&p, 1, 20) <= 0) continue;
-      const int client = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (client < 0) continue;
-      std::lock_guard lk(mu_);
-      threads_.emplace_back([this, client] { pump(client); });
-    }
-  }
-  void pump(int client) {
-    const int server = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(upstream_);
-    bool open = ::connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    char buf[16384];
-    while (open && !stop_) {
-      if (frozen_) {
-        std::this_thread::sleep_for(20ms);
-        continue;
-      }
-      pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
-      if (::poll(p, 2, 20) <= 0) continue;
-      for (int i = 0; i < 2 && open && !frozen_; ++i) {
-        if ((p[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
-        const ssize_t got = ::read(p[i].fd, buf, sizeof buf);
-        open = got > 0 && ::send(p[1 - i].fd, buf, static_cast<std::size_t>(got), MSG_NOSIGNAL) == got;
-      }
-    }
-    ::close(client);
-    ::close(server);
-  }
-
-  unsigned short upstream_;
-  int listener_ = -1;
-  unsigned short port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::atomic<bool> frozen_{false};
-  std::mutex mu_;
-  std::vector<std::thread> threads_;  // GUARDED_BY(mu_) while the accept loop runs
-  std::thread acceptor_;              // runs accept_loop(); joined before threads_
-};
-
 TEST_F(CliAlone, WithTheDatabaseGoneRunExitsWithinTheReleaseBoundAfterTheCommand) {
   const std::string pg = dltest::server_url(dltest::backend("postgres"));
   ASSERT_FALSE(pg.empty());
-  const std::size_t slash = pg.find('/', pg.find("://") + 3);
-  const std::size_t colon = pg.rfind(':', slash);
-  FreezingRelay relay(static_cast<unsigned short>(std::stoi(pg.substr(colon + 1, slash - colon - 1))));
-  const std::string url = pg.substr(0, colon + 1) + std::to_string(relay.port()) + pg.substr(slash);
+  dltest::Relay relay("127.0.0.1", dltest::url_port(pg));  // the shared test relay: hang = accept, answer nothing
+  const std::string url = relay.rewrite(pg);
   Process tool(command({"--db", url, "run", "--key", key_, "--", "sh", "-c",
                         "echo > \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.01; done", file("started"), file("go")}),
                env_, dir_);
   ASSERT_TRUE(wait_for_file(file("started")));
-  relay.freeze();
+  ASSERT_TRUE(relay.set_mode(dltest::Relay::Mode::hang));
   std::ofstream(file("go")).put('\n');
   const auto command_done = Clock::now();
   const Result r = tool.wait(30s);
