@@ -84,6 +84,12 @@ struct Call {
   NativeConnection connection{};
 };
 
+/// The safety margin of a lease of `ttl` when LeaseOptions::safety_margin is 0: ttl / 5, at least 1 ms. The lease
+/// is treated as lost this long before its expiry (counted from when its grant or extension was sent).
+constexpr milliseconds default_safety_margin(milliseconds ttl) noexcept {
+  return ttl / 5 > milliseconds{1} ? ttl / 5 : milliseconds{1};
+}
+
 /// Settings of an auto-extended Lease (Manager::acquire).
 struct LeaseOptions {
   /// Lease length, by the database's clock. Must be >= min_ttl.
@@ -93,7 +99,7 @@ struct LeaseOptions {
   /// How often the heartbeat extends the lease. 0 means ttl / 3. Must be >= 0.
   milliseconds extend_every{0};
   /// The lease's stop_token is requested once the lease is this close to expiring without a successful
-  /// extension. 0 means ttl / 5, at least 1 ms.
+  /// extension. 0 means default_safety_margin(ttl): ttl / 5, at least 1 ms.
   milliseconds safety_margin{0};
   /// Deadline of the release done by ~Lease. 0 means Options::operation_timeout.
   milliseconds release_timeout{0};

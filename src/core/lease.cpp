@@ -153,7 +153,7 @@ std::optional<Lease> Manager::acquire(std::string key, const LeaseOptions& optio
     const milliseconds extend_every =
         options.extend_every > milliseconds{0} ? options.extend_every : std::max(options.ttl / 3, milliseconds{1});
     const milliseconds margin =
-        options.safety_margin > milliseconds{0} ? options.safety_margin : std::max(options.ttl / 5, milliseconds{1});
+        options.safety_margin > milliseconds{0} ? options.safety_margin : default_safety_margin(options.ttl);
     if (options.extend_every < milliseconds{0} || options.safety_margin < milliseconds{0} ||
         options.release_timeout < milliseconds{0}) {
       fail(ec, errc::invalid_argument, "extend_every, safety_margin and release_timeout must be >= 0");

@@ -451,7 +451,7 @@ Timing check_timing(const RunOptions& o, const Invocation& invocation, const Glo
   Timing t;
   t.lease.ttl = parse_ttl(o.ttl, r);
   t.lease.wait = o.no_wait ? milliseconds{0} : parse_duration("--wait", o.wait, true, r);
-  const milliseconds margin = std::max(t.lease.ttl / 5, milliseconds{1});  // the library's default safety margin
+  const milliseconds margin = distrlock::default_safety_margin(t.lease.ttl);
   if (!o.extend_every.empty()) {
     t.lease.extend_every = parse_duration("--extend-every", o.extend_every, false, r);
     // The lease's stop fires at ttl - margin without an extension: an extension must come before that.
