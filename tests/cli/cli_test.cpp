@@ -1019,6 +1019,22 @@ TEST_F(CliAlone, AnUnreachablePostgresExits69WithinTheConnectTimeoutAndMasksTheP
   EXPECT_FALSE(fs::exists(file("ran")));
 }
 
+TEST_F(CliAlone, PasswordsAreMaskedEvenWithASlashInThemOrTwoInTheQueryString) {
+  for (const std::string url : {"postgresql://u:pa/ss@127.0.0.1:1/db", "postgresql://u@127.0.0.1:1/db?sslpassword=x1&password=s3cr3t"}) {
+    // One line from the library's error (after opening), one from the tool's own check (before opening).
+    for (const std::vector<std::string>& args : {std::vector<std::string>{"--db", url, "--timeout", "200ms", "status"},
+                                                 std::vector<std::string>{"--db", url, "--table", "1bad", "status"}}) {
+      const Result r = run_without_db(args);
+      EXPECT_NE(r.exit_code, 0) << describe(r);
+      EXPECT_NE(r.err.find("127.0.0.1:1/db"), std::string::npos) << "the line names the database: " << r.err;
+      EXPECT_EQ(r.err.find("pa/ss"), std::string::npos) << r.err;
+      EXPECT_EQ(r.err.find("ss@"), std::string::npos) << r.err;
+      EXPECT_EQ(r.err.find("s3cr3t"), std::string::npos) << r.err;
+      EXPECT_EQ(r.err.find("x1"), std::string::npos) << r.err;
+    }
+  }
+}
+
 TEST_F(CliAlone, TheDefaultDatabaseIsCreatedUnderXdgStateHome) {
   const fs::path state = dir_ / "not" / "there" / "yet";
   const Result r = run_without_db({"run", "--key", key_, "--", "true"}, {{"XDG_STATE_HOME", state.string()}});

@@ -234,7 +234,8 @@ std::string mask_url(std::string_view url) {
   std::string s(url);
   if (const std::size_t scheme = s.find("://"); scheme != std::string::npos) {
     const std::size_t auth = scheme + 3;
-    const std::size_t auth_end = std::min(s.find_first_of("/?#", auth), s.size());
+    // The user info ends at the last '@' before the query: a password may hold an unencoded '/'.
+    const std::size_t auth_end = std::min(s.find_first_of("?#", auth), s.size());
     const std::size_t at = s.rfind('@', auth_end - 1);
     if (at != std::string::npos && at >= auth) {
       const std::size_t colon = s.find(':', auth);
