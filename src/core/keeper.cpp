@@ -224,12 +224,19 @@ void Keeper::extend_once(std::unique_lock<std::mutex>& lk, bool stragglers) {
   std::vector<std::shared_ptr<Beat>> batch;
   LeaseClock::time_point wake = never;
   if (!stragglers) {
+    // A batch starts when a lease is due, and takes every lease at least half-way to due with it. (Taking
+    // half-way leases at any other moment would catch them one by one, each as it crosses the half-way mark.)
+    bool any_due = false;
     for (const auto& b : beats_) {
       if (b->suspect || b->in_flight) continue;
-      if (b->next_due - now <= duration_cast<LeaseClock::duration>(b->extend_every / 2)) {
-        batch.push_back(b);  // due, or half-way there: extending it now lets it share this statement
-      } else {
-        wake = std::min(wake, b->next_due);  // then everything half-way to due joins it
+      if (b->next_due <= now) any_due = true;
+      wake = std::min(wake, b->next_due);
+    }
+    if (any_due) {
+      wake = never;
+      for (const auto& b : beats_) {
+        if (b->suspect || b->in_flight) continue;
+        if (b->next_due - now <= duration_cast<LeaseClock::duration>(b->extend_every / 2)) batch.push_back(b);
       }
     }
   } else {
