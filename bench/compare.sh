@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side lock-cycle throughput on one PostgreSQL server, in one run:
-#   original  /work/shared/baselines/original_protocol_pg.pgbench under pgbench (the protocol to beat)
+#   original  bench/baselines/original_protocol_pg.pgbench under pgbench (the protocol to beat)
 #   library   bench/library_protocol.pgbench under pgbench (distrlock's own two statements: the ceiling)
 #   distrlock distrlock-bench --scenario cycle (the library itself, through its public API)
 #   floor     with FLOOR=1 only: bench/floor_two_updates.pgbench, two bare single-row UPDATE transactions
@@ -24,7 +24,7 @@
 #   PREPOPULATE=1       create every key of every client up front, so all three measure the steady state of
 #                       a lock table (rows reused, never new); 0 leaves first use of a key to the run itself
 #   DISTRLOCK_BENCH     path to distrlock-bench (default: build/default/bench/distrlock-bench)
-#   BASELINE            path to original_protocol_pg.pgbench (default: /work/shared/baselines/...)
+#   BASELINE            path to original_protocol_pg.pgbench (default: bench/baselines/original_protocol_pg.pgbench)
 #   OUT_DIR             where raw outputs go (default: a new directory under ${TMPDIR:-/tmp})
 #   COMMIT              what to print as the commit (default: git rev-parse --short HEAD of this checkout,
 #                       plus a note of uncommitted changes); set it when DISTRLOCK_BENCH was built elsewhere
@@ -49,7 +49,7 @@ keys=${KEYS:-100000}
 prepopulate=${PREPOPULATE:-1}
 floor=${FLOOR:-0}
 dl_bench=${DISTRLOCK_BENCH:-$root/build/default/bench/distrlock-bench}
-baseline=${BASELINE:-/work/shared/baselines/original_protocol_pg.pgbench}
+baseline=${BASELINE:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/baselines/original_protocol_pg.pgbench}
 library_script=$here/library_protocol.pgbench
 floor_script=$here/floor_two_updates.pgbench
 bindir=$(pg_config --bindir)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side lock-cycle throughput on one MySQL/MariaDB server, in one run:
-#   original  /work/shared/baselines/original_protocol_mysql.sh: the Go package's protocol (INSERT IGNORE, then
+#   original  bench/baselines/original_protocol_mysql.sh: the Go package's protocol (INSERT IGNORE, then
 #             acquire and release each as BEGIN/UPDATE/COMMIT, one statement per round trip), replayed by the
 #             `mariadb` command-line client, 2,000 cycles per connection (the protocol to beat)
 #   library   distrlock's own two packets per cycle (the acquire upsert + holder SELECT, then the release
@@ -25,7 +25,7 @@
 # Environment (all optional):
 #   SECONDS_PER_RUN=10  ROUNDS=3  KEYS=500 (distrlock-bench keys per client; the baseline uses 500 per connection)
 #   DISTRLOCK_BENCH     path to distrlock-bench (default: build/default/bench/distrlock-bench)
-#   BASELINE            path to original_protocol_mysql.sh (default: /work/shared/baselines/...)
+#   BASELINE            path to original_protocol_mysql.sh (default: bench/baselines/original_protocol_mysql.sh)
 #   MARIADB             the command-line client (default: mariadb)
 #   OUT_DIR             where raw outputs go (default: a new directory under ${TMPDIR:-/tmp})
 #   COMMIT              what to print as the commit (default: git rev-parse --short HEAD of this checkout)
@@ -47,7 +47,7 @@ seconds=${SECONDS_PER_RUN:-10}
 rounds=${ROUNDS:-3}
 keys=${KEYS:-500}
 dl_bench=${DISTRLOCK_BENCH:-$root/build/default/bench/distrlock-bench}
-baseline=${BASELINE:-/work/shared/baselines/original_protocol_mysql.sh}
+baseline=${BASELINE:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/baselines/original_protocol_mysql.sh}
 mariadb=${MARIADB:-mariadb}
 cycles_per_connection=2000 # as the baseline script has it
 connections_max=8
