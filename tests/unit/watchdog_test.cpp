@@ -147,7 +147,7 @@ struct Harness {
     auto b = std::make_unique<FaultBackend>();
     backend = b.get();
     distrlock::Options o;
-    o.logger = [](distrlock::LogLevel, std::string_view m) { if (std::getenv("WD_DEBUG")) fprintf(stderr, "LOG %s\n", std::string(m).c_str()); };
+    o.logger = [](distrlock::LogLevel, std::string_view) {};
     manager.emplace(distrlock::detail::ManagerAccess::open_with_backend(std::move(b), o, "fault:"));
   }
   ~Harness() {
