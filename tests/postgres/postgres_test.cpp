@@ -376,6 +376,30 @@ TEST_F(Postgres, MigrationsAreVersionedUpAndDownSqlForTheConfiguredTable) {
             "t");
 }
 
+/// url_ with a host that accepts connections but never answers (a dead primary whose packets vanish) listed
+/// first, and target_session_attrs=read-write, as a cluster's URL has.
+std::string behind_a_dead_first_host(const std::string& url, const dltest::Relay& dead) {
+  const std::string at = "127.0.0.1:" + std::to_string(dltest::url_port(url));
+  std::string out = url;
+  out.replace(out.find(at), at.size(), "127.0.0.1:" + std::to_string(dead.port()) + "," + at);
+  return out + (out.find('?') == std::string::npos ? "?" : "&") + "target_session_attrs=read-write";
+}
+
+TEST_F(Postgres, AMultiHostUrlWhoseFirstHostNeverAnswersGrantsThroughTheNextHostWithinTheDeadline) {
+  dltest::Relay dead("127.0.0.1", dltest::url_port(url_));
+  ASSERT_TRUE(dead.set_mode(dltest::Relay::Mode::hang));
+  distrlock::Options o;
+  o.connect_timeout = 3s;
+  o.logger = log_.logger();
+  auto m = distrlock::Manager::open(behind_a_dead_first_host(url_, dead), o);
+  const auto started = distrlock::Clock::now();
+  std::error_code ec;
+  distrlock::Lock lock = m.lock(key_);
+  EXPECT_TRUE(lock.try_acquire(30s, ec)) << ec.message();
+  EXPECT_LT(distrlock::Clock::now() - started, 3s) << "the second host must get its turn within connect_timeout";
+  EXPECT_EQ(manager_->status({key_}).at(0).fence, lock.fencing_token().value_or(-1));
+}
+
 TEST_F(Postgres, AReleaseInsideACallerTransactionLeavesItsCommitSynchronous) {
   admin_->query("BEGIN");
   distrlock::Lock lock = manager_->lock(key_);

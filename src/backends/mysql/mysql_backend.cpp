@@ -111,8 +111,10 @@ class MysqlBackend final : public Backend {
     // is read with a shared lock: prune() raises it before deleting, under an exclusive lock, so an acquire
     // either reads the raised floor or finds the row still there (a plain read could be a snapshot from before
     // the raise, and the unique check then miss the row the delete took).
+    // DDL commits on its own in MySQL, so while migration 0002 runs, the floor table can exist before its row:
+    // a table with no row yet has floor 0. (prune() deletes nothing without the row, so that is the only case.)
     const std::string first_fence =
-        "(SELECT `floor` + 1 FROM " + floor_table_ + " WHERE `id` = 1 LOCK IN SHARE MODE)";
+        "COALESCE((SELECT `floor` + 1 FROM " + floor_table_ + " WHERE `id` = 1 LOCK IN SHARE MODE), 1)";
     const std::initializer_list<std::pair<std::string_view, std::string_view>> fixed = {{"table", table_},
                                                                                         {"first_fence", first_fence},
                                                                                         {"now", now_us},

@@ -3,6 +3,8 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <atomic>
+#include <vector>
 #include <thread>
 
 #include "core/resolve.hpp"
@@ -141,44 +143,32 @@ ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpCon
   return kept;
 }
 
-ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, milliseconds connect_timeout,
-                std::error_code& ec) {
-  // Session settings of our own connections, after whatever the URL's options= asks for (later -c wins):
-  //  * synchronous_commit=on: a grant or extension is durable whatever the role's or database's default is (a
-  //    release relaxes it for its own transaction only);
-  //  * client_connection_check_interval: a statement whose client gave up and dropped the connection is ended by
-  //    the server within this interval, instead of running on (and perhaps granting a key to nobody).
-  std::string options, host, hostaddr;
-  if (PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), nullptr)) {
-    for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
-      const std::string_view k = o->keyword;
-      if (o->val == nullptr) continue;
-      if (k == "options") options = o->val;
-      if (k == "host") host = o->val;
-      if (k == "hostaddr") hostaddr = o->val;
-    }
-    PQconninfoFree(parsed);
+namespace {
+
+std::vector<std::string> split_list(const std::string& list) {
+  std::vector<std::string> out;
+  if (list.empty()) return out;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t comma = list.find(',', start);
+    out.push_back(list.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) return out;
+    start = comma + 1;
   }
-  options += " -c synchronous_commit=on -c client_connection_check_interval=250";
-  const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
-  // libpq looks host names up inside PQconnectPoll, with getaddrinfo and no timeout: look them up here instead,
-  // within the deadline, and pass the addresses as hostaddr (host still names the server for TLS).
-  if (hostaddr.empty() && !host.empty() && host.find_first_of("/@") == std::string::npos) {
-    std::size_t start = 0;
-    while (true) {
-      const std::size_t comma = host.find(',', start);
-      const std::string name = host.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-      const std::string address = resolve_host(name, limit, ec);
-      if (ec) return nullptr;
-      hostaddr += (start == 0 ? "" : ",") + address;
-      if (comma == std::string::npos) break;
-      start = comma + 1;
-    }
+}
+
+/// One connection attempt with the URL's settings and `overrides` (later keywords win), until `limit`.
+ConnPtr connect_once(const std::string& conninfo, const std::vector<std::pair<const char*, std::string>>& overrides,
+                     Clock::time_point limit, milliseconds connect_timeout, std::error_code& ec) {
+  std::vector<const char*> keys = {"dbname", "fallback_application_name"};
+  std::vector<const char*> values = {conninfo.c_str(), "distrlock"};
+  for (const auto& [k, v] : overrides) {
+    keys.push_back(k);
+    values.push_back(v.c_str());
   }
-  const char* keys[] = {"dbname", "fallback_application_name", "options", hostaddr.empty() ? nullptr : "hostaddr",
-                        nullptr};
-  const char* values[] = {conninfo.c_str(), "distrlock", options.c_str(), hostaddr.c_str(), nullptr};
-  ConnPtr conn(PQconnectStartParams(keys, values, 1));
+  keys.push_back(nullptr);
+  values.push_back(nullptr);
+  ConnPtr conn(PQconnectStartParams(keys.data(), values.data(), 1));
   if (!conn) {
     fail(ec, errc::unavailable, "out of memory opening a connection");
     return nullptr;
@@ -208,8 +198,76 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
   return conn;
 }
 
+}  // namespace
+
+ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, milliseconds connect_timeout,
+                std::error_code& ec, std::atomic<std::size_t>* preferred_host) {
+  // Session settings of our own connections, after whatever the URL's options= asks for (later -c wins):
+  //  * synchronous_commit=on: a grant or extension is durable whatever the role's or database's default is (a
+  //    release relaxes it for its own transaction only);
+  //  * client_connection_check_interval: a statement whose client gave up and dropped the connection is ended by
+  //    the server within this interval, instead of running on (and perhaps granting a key to nobody).
+  std::string options, host, hostaddr, port;
+  if (PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), nullptr)) {
+    for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+      const std::string_view k = o->keyword;
+      if (o->val == nullptr) continue;
+      if (k == "options") options = o->val;
+      if (k == "host") host = o->val;
+      if (k == "hostaddr") hostaddr = o->val;
+      if (k == "port") port = o->val;
+    }
+    PQconninfoFree(parsed);
+  }
+  options += " -c synchronous_commit=on -c client_connection_check_interval=250";
+  const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
+  // libpq looks host names up inside PQconnectPoll, with getaddrinfo and no timeout: look them up here instead,
+  // within the deadline, and pass the addresses as hostaddr (host still names the server for TLS).
+  if (hostaddr.empty() && !host.empty() && host.find_first_of("/@") == std::string::npos) {
+    for (const std::string& name : split_list(host)) {
+      const std::string address = resolve_host(name, limit, ec);
+      if (ec) return nullptr;
+      hostaddr += (hostaddr.empty() ? "" : ",") + address;
+    }
+  }
+  const std::vector<std::string> hosts = split_list(host), addrs = split_list(hostaddr), ports = split_list(port);
+  const std::size_t n = std::max(hosts.size(), addrs.size());
+  if (n <= 1) {
+    std::vector<std::pair<const char*, std::string>> overrides = {{"options", options}};
+    if (!hostaddr.empty()) overrides.emplace_back("hostaddr", hostaddr);
+    return connect_once(conninfo, overrides, limit, connect_timeout, ec);
+  }
+  // Several hosts (a primary and its standbys): libpq would try them in turn but, driven asynchronously, gives
+  // a host that never answers (a dead primary whose packets vanish) the whole time, and never reaches the next.
+  // So each host gets an attempt of its own, with an equal share of the time left, starting from the one that
+  // worked last: after a failover, new connections go straight to the new primary. target_session_attrs still
+  // applies to each attempt, so a standby fails its attempt and the next host is tried.
+  const std::size_t first = preferred_host != nullptr ? preferred_host->load() % n : 0;
+  std::string why;
+  for (std::size_t tried = 0; tried < n; ++tried) {
+    const std::size_t i = (first + tried) % n;
+    const Clock::time_point now = Clock::now();
+    if (now >= limit) break;
+    const Clock::time_point share = now + (limit - now) / static_cast<long>(n - tried);
+    std::vector<std::pair<const char*, std::string>> overrides = {{"options", options}};
+    if (i < hosts.size()) overrides.emplace_back("host", hosts[i]);
+    if (i < addrs.size()) overrides.emplace_back("hostaddr", addrs[i]);
+    if (!ports.empty()) overrides.emplace_back("port", ports.size() == 1 ? ports[0] : ports.at(std::min(i, ports.size() - 1)));
+    std::error_code attempt;
+    if (ConnPtr conn = connect_once(conninfo, overrides, share, connect_timeout, attempt)) {
+      if (preferred_host != nullptr) preferred_host->store(i);
+      ec.clear();
+      return conn;
+    }
+    const std::string detail = take_last_detail();
+    why += (why.empty() ? "" : "; ") + std::string("host ") + std::to_string(i + 1) + ": " + detail;
+  }
+  fail(ec, errc::unavailable, why.empty() ? "the call's deadline passed before any host was tried" : why);
+  return nullptr;
+}
+
 std::unique_ptr<Connection> Opener::open(const OpContext& ctx, std::error_code& ec) const {
-  ConnPtr conn = connect(conninfo, ctx.deadline, connect_timeout, ec);
+  ConnPtr conn = connect(conninfo, ctx.deadline, connect_timeout, ec, preferred_host.get());
   if (!conn) return nullptr;
   auto c = std::make_unique<Connection>();
   c->conn = std::move(conn);

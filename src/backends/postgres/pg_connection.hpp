@@ -4,6 +4,7 @@
 #include <libpq-fe.h>
 
 #include <array>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -46,9 +47,11 @@ using Canceller = std::function<void(Clock::time_point deadline)>;
 ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpContext& ctx, std::error_code& ec,
               RunState& state, const Canceller& cancel = {});
 
-/// Opens a connection, giving up at the earlier of `deadline` and now + connect_timeout.
+/// Opens a connection, giving up at the earlier of `deadline` and now + connect_timeout. With several hosts,
+/// each is tried in turn with an equal share of the time left, from `*preferred_host` (if given), which is set
+/// to the host that answered.
 ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, milliseconds connect_timeout,
-                std::error_code& ec);
+                std::error_code& ec, std::atomic<std::size_t>* preferred_host = nullptr);
 
 /// A pooled connection and the statements already prepared on it.
 struct Connection {
@@ -65,6 +68,8 @@ struct Opener {
 
   std::string conninfo;
   milliseconds connect_timeout;
+  /// Of a multi-host URL, the host that answered last: tried first next time.
+  std::shared_ptr<std::atomic<std::size_t>> preferred_host = std::make_shared<std::atomic<std::size_t>>(0);
 
   std::unique_ptr<Connection> open(const OpContext& ctx, std::error_code& ec) const;
   static bool alive(Connection& c) noexcept { return idle_socket_is_open(PQsocket(c.conn.get())); }
