@@ -177,6 +177,27 @@ TEST_F(MariadbFailover, AHolderWhoseGrantWasLostLearnsItAtItsNextExtensionOnTheP
   EXPECT_EQ(ec, errc::already_released) << ec.message();
 }
 
+TEST_F(MariadbFailover, AnExtensionLostInAnAsynchronousFailoverLeavesTheLeaseShorterThanItsHolderBelieves) {
+  auto primary = open(primary_url_);
+  primary.migrate();
+  distrlock::Lock holder = primary.lock(key_);
+  ASSERT_TRUE(holder.try_acquire(5s));
+  const std::int64_t fence = *holder.fencing_token();
+  wait_until_replicated();
+
+  cut_replication();
+  holder.extend(60s);  // confirmed by the primary, never replicated
+  ASSERT_GT(holder.expires_in(), 30s);
+
+  kill_primary();
+  promote_replica();
+  auto promoted = open(replica_url_);
+  const std::vector<distrlock::LockStatus> seen = promoted.status({key_});
+  ASSERT_EQ(seen.size(), 1U);
+  EXPECT_EQ(seen[0].fence, fence) << "the grant itself was replicated";
+  EXPECT_LE(seen[0].expires_in, 5s) << "the promoted replica has the expiry of the grant, not of the extension";
+}
+
 TEST_F(MariadbFailover, ASemiSynchronousGrantTheReplicaNeverReceivedIsNeverReportedAsGranted) {
   ASSERT_NO_FATAL_FAILURE(enable_semi_sync());
   auto primary = open(primary_url_);
