@@ -108,6 +108,37 @@ TEST_P(Prune, PruneRacingAcquiresOfOneKeyNeverReissuesAFence) {
     ASSERT_GT(fences[i], fences[i - 1]) << "grant " << i << " reissued or lowered a fence";
 }
 
+TEST_P(Prune, ACallersSnapshotFromBeforeAPruneNeverReissuesAPrunedFence) {
+  for (const auto& [level, begin] : backend_->isolation_levels) {
+    SCOPED_TRACE(level);
+    const std::string k = key() + "/" + level;
+    auto caller = session();
+    caller->query(begin);
+    // The snapshot, from a table the others do not write (a SERIALIZABLE read of the lock table would lock it):
+    // k has no row yet, and the floor is as it was.
+    caller->query("SELECT count(*) FROM " + table_ + "_migrations");
+    std::int64_t last = 0;
+    for (int i = 0; i < 2; ++i) {
+      distrlock::Lock lock = m().lock(k);
+      ASSERT_TRUE(lock.try_acquire(30s));
+      last = *lock.fencing_token();
+      lock.release();
+    }
+    ASSERT_GE(m().prune(0ms).deleted, 1);
+
+    distrlock::Lock mine = m().lock(k);
+    std::error_code ec;
+    const bool granted = mine.try_acquire(30s, ec, distrlock::Call{.connection = caller->native()});
+    if (granted) {
+      EXPECT_GT(*mine.fencing_token(), last) << "a grant on an old snapshot reissued a pruned fence";
+    } else {
+      EXPECT_TRUE(ec) << "the key is free: no grant must mean an error";
+    }
+    std::string ignored;
+    caller->query("ROLLBACK", &ignored);
+  }
+}
+
 TEST_P(Prune, PruneRefusesANegativeAgeAndDeletesNothing) {
   distrlock::Lock lock = m().lock(key());
   ASSERT_TRUE(lock.try_acquire(30s));

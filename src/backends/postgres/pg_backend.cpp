@@ -73,12 +73,14 @@ class PostgresBackend final : public Backend {
     // {durable}: on a caller's connection, the grant commits with the caller's transaction, which must then wait
     // for its WAL flush whatever synchronous_commit the session has (our own connections set it at connect).
     //
-    // Fences (see docs/semantics.md, "Failover"): a grant's fence is greater than the key's last one, than the
-    // table's fence floor (which covers the rows prune() deleted) and than every fence of an earlier timeline:
-    // {epoch} is (timeline - 1) << 40, and the timeline grows at every promotion of a standby. A key that was
-    // never seen in the snapshot takes its floor from the same snapshot as its (absent) row: prune() raises the
-    // floor and deletes rows in one transaction, so a snapshot sees either the row or the raised floor. When
-    // the row is gone by the time of the insert, `cur` still shows it as the snapshot did.
+    // Fences (see docs/semantics.md, "Pruning" and "Failover"): a grant's fence is greater than the key's last
+    // one, than the table's fence floor (which covers the rows prune() deleted) and than every fence of an
+    // earlier timeline: the epoch is (timeline - 1) << 40, and the timeline grows at every promotion.
+    // The floor is read with FOR KEY SHARE, not from the snapshot: the row may have been granted again and
+    // pruned since the snapshot was taken (a caller's REPEATABLE READ snapshot can be old), and only the
+    // floor as it is now covers that. prune() locks the floor FOR UPDATE before it deletes anything, so it
+    // waits for an acquire that has read the floor, and an acquire waits for a prune in progress (and then,
+    // in READ COMMITTED, reads its raised floor; in REPEATABLE READ, fails with a serialization error).
     const std::string epoch =
         "(SELECT CASE WHEN pg_is_in_recovery() THEN 0 ELSE ((('x' || substr(pg_walfile_name(pg_current_wal_lsn()), "
         "1, 8))::bit(32)::int8 - 1) << " + std::to_string(fence_epoch_shift) + ") END)";
@@ -86,7 +88,8 @@ class PostgresBackend final : public Backend {
         "WITH cur AS (SELECT token, expires, fence FROM " + table_ + " WHERE key = $1), " +
         "base AS (SELECT " + epoch + " AS epoch), " +
         "granted AS (INSERT INTO " + table_ + " AS l (key, token, fence, expires, owner) SELECT $1, $2, " +
-        "greatest(coalesce((SELECT fence FROM cur), 0) + 1, (SELECT floor + 1 FROM " + floor_table() + "), " +
+        "greatest(coalesce((SELECT fence FROM cur), 0) + 1, (SELECT floor + 1 FROM " + floor_table() +
+        " WHERE id = 1 FOR KEY SHARE), " +
         "base.epoch), clock_timestamp() + " + ttl + ", $4 FROM base WHERE NOT EXISTS (SELECT 1 FROM cur " +
         "WHERE cur.token IS NOT NULL AND cur.expires > clock_timestamp() AND cur.token <> $2) " +
         "ON CONFLICT (key) DO UPDATE SET token = excluded.token, " +
@@ -246,12 +249,16 @@ class PostgresBackend final : public Backend {
                       "DROP TABLE IF EXISTS " + floor_table()}};
   }
 
-  // One statement, so one transaction: the rows go and the floor rises together (see the acquire).
+  // One statement, so one transaction: the rows go and the floor rises together. The floor row is locked
+  // FOR UPDATE before the first row is deleted (the delete's one-time filter), which is what an acquire's
+  // FOR KEY SHARE read of the floor waits for (see the acquire).
   PruneResult prune(const OpContext& ctx, milliseconds idle, std::error_code& ec) override {
-    const std::string sql = "WITH gone AS (DELETE FROM " + table_ +
+    const std::string sql = "WITH locked AS (SELECT floor FROM " + floor_table() +
+                            " WHERE id = 1 FOR UPDATE), gone AS (DELETE FROM " + table_ +
                             " WHERE expires <= clock_timestamp() - $1::float8 * interval '1 millisecond' "
-                            "RETURNING fence), raised AS (UPDATE " + floor_table() +
-                            " SET floor = greatest(floor, (SELECT max(fence) FROM gone)) RETURNING floor){durable_cte} "
+                            "AND EXISTS (SELECT 1 FROM locked) RETURNING fence), raised AS (UPDATE " + floor_table() +
+                            " SET floor = greatest(floor, (SELECT max(fence) FROM gone)) WHERE id = 1 "
+                            "RETURNING floor){durable_cte} "
                             "SELECT (SELECT count(*) FROM gone), (SELECT floor FROM raised){durable_from}";
     const std::string idle_text = std::to_string(idle.count());
     const char* values[] = {idle_text.c_str()};
