@@ -8,9 +8,10 @@
 // cycle, timed with steady_clock from Manager::lock() to the end of release(). Each client first runs a few
 // untimed cycles (connect, prepare statements); then all clients start together.
 //
-// Scenario "extend": every client holds one key of its own, "bench/<client>/extend", taken with
+// Scenario "extend": every client holds one key of its own, "bench/<client>/extend/<random>", taken with
 // Lock::try_acquire(30s) before the warm-up, and loops Lock::extend(30s) on it. One op is one extend: what
 // a heartbeat round costs a holder of one lease (bench/replication.sh compares it across replication modes).
+// The key is released at the end, so runs one after the other never find it busy.
 //
 // Output: with --json, exactly one line of JSON on stdout; without it, one human-readable line. Latencies go
 // into a fixed-size log-linear histogram per client (relative error < 0.8%), so memory does not grow with S.
@@ -274,6 +275,15 @@ class CycleClient {
 
   bool ready() const noexcept { return mgr_.has_value(); }
 
+  /// Releases what the scenario still holds (extend's key), untimed.
+  void finish() {
+    if (!held_) return;
+    std::error_code ec;
+    held_->release(ec);
+    held_.reset();
+    if (ec) failed("release", ec);
+  }
+
   /// One op of the scenario, timed into `latency` unless it is null (warm-up). Returns false on an error, which
   /// is counted.
   bool op(Histogram* latency) { return extend_ ? extend(latency) : cycle(latency); }
@@ -283,7 +293,7 @@ class CycleClient {
   bool extend(Histogram* latency) {
     std::error_code ec;
     if (!held_) {
-      distrlock::Lock lock = mgr_->lock(prefix_ + "extend", ec);
+      distrlock::Lock lock = mgr_->lock(prefix_ + "extend/" + std::to_string(pick_(rng_)), ec);
       if (ec) return failed("lock", ec);
       const bool acquired = lock.try_acquire(lease_ttl, ec);
       if (ec) return failed("try_acquire", ec);
@@ -365,6 +375,7 @@ void run_cycle_client(const Config& cfg, int id, ClientResult& out, Schedule& sc
     if (client.ready()) {
       while (Clock::now() < schedule.end)
         if (!client.op(&out.latency)) std::this_thread::sleep_for(error_backoff);
+      client.finish();
     }
   } catch (const std::exception& e) {
     out.note_error("client thread", e.what());
