@@ -194,6 +194,7 @@ TEST_F(Failover, AGrantTheFailoverLostIsNeitherRepeatedNorUndercutAndItsHolderLe
   EXPECT_GT(f3, f2) << "the fence of the lost grant (" << f2 << ") was issued again or undercut on the new primary";
   EXPECT_GT(f3, f1);
   ASSERT_TRUE(lost_lease.lost()) << "the holder of the lost grant still believes it holds K";
+  ASSERT_NE(lost_at.load(), 0) << "lost() is true but the lease's stop was not requested";
   const Clock::time_point lost{Clock::duration(lost_at.load())};
   EXPECT_LE(lost, granted_at) << "the holder of the lost grant learned of it only after the contender was granted K";
   std::printf("lost grant: holder lost K %lld ms after pg_promote() returned, contender granted it %lld ms after; "
