@@ -40,6 +40,12 @@ struct LockStatus {
   milliseconds expires_in{0};    ///< time the lease has left; 0 when free
 };
 
+/// What Manager::prune() did.
+struct PruneResult {
+  std::int64_t deleted = 0;      ///< rows of free keys deleted
+  std::int64_t fence_floor = 0;  ///< the table's fence floor afterwards: every later grant's fence is above it
+};
+
 /// One versioned schema change. IDs are stable across releases, so the SQL can be fed to any migration tool.
 struct Migration {
   int version = 0;
@@ -72,6 +78,14 @@ class Manager {
   std::vector<LockStatus> status(const std::vector<std::string>& keys = {}, const Call& call = {});
   std::vector<LockStatus> status(const std::vector<std::string>& keys, std::error_code& ec,
                                  const Call& call = {}) noexcept;
+
+  /// Deletes the rows of keys that have been free for at least `idle` by the server's clock (released, or
+  /// expired, that long ago), so that keys used once (`invoice-42`) do not grow the table without bound. Held
+  /// keys are never touched. Fencing tokens stay safe: in the same transaction the table's fence floor rises to
+  /// the largest fence deleted, and a key that has no row starts above the floor, so a pruned key never
+  /// reissues a token. errc::invalid_argument for a negative `idle`. Safe to run while others lock.
+  PruneResult prune(milliseconds idle, const Call& call = {});
+  PruneResult prune(milliseconds idle, std::error_code& ec, const Call& call = {}) noexcept;
 
   /// A handle on `key` (1-255 arbitrary bytes). No round trip. errc::invalid_argument for a bad key.
   Lock lock(std::string key) const;

@@ -40,6 +40,15 @@ struct ExtendRequest {
   milliseconds ttl;
 };
 
+/// The fences a backend grants for one key strictly increase, across everything the server may forget:
+///  * rows prune() deleted: a table-wide fence floor, raised in the same transaction as the delete, bounds
+///    every fence granted before; a new row starts above it;
+///  * grants lost in a failover: a backend whose server has replicas puts a promotion epoch that only grows
+///    (PostgreSQL: the WAL timeline) in the bits from this one up, so every fence granted after a promotion is
+///    larger than any the old primary granted. Within one epoch a key has 2^40 grants; epochs go up to 2^23.
+/// A backend without such an epoch (SQLite has no replicas; MariaDB has no promotion counter) uses epoch 0.
+constexpr int fence_epoch_shift = 40;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -62,6 +71,10 @@ class Backend {
   /// the rows in the caller's order and fills in the keys the table has never seen.
   virtual std::vector<LockStatus> inspect(const OpContext& ctx, const std::vector<std::string>& keys,
                                           std::error_code& ec) = 0;
+
+  /// Deletes the rows of keys that have been free for at least `idle` by the server's clock (released or
+  /// expired that long ago), raising the table's fence floor to their largest fence in the same transaction.
+  virtual PruneResult prune(const OpContext& ctx, milliseconds idle, std::error_code& ec) = 0;
 
   virtual std::vector<Migration> migrations() const = 0;
   /// Applies missing migrations; idempotent and safe to run concurrently.

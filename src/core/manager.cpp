@@ -169,6 +169,22 @@ void Manager::migrate(std::error_code& ec, const Call& call) noexcept {
   state_->backend->migrate(state_->context(call), ec);
 }
 
+PruneResult Manager::prune(milliseconds idle, const Call& call) {
+  std::error_code ec;
+  PruneResult out = prune(idle, ec, call);
+  if (ec) throw_error(ec, "prune " + state_->masked_url);
+  return out;
+}
+
+PruneResult Manager::prune(milliseconds idle, std::error_code& ec, const Call& call) noexcept {
+  ec.clear();
+  if (idle < milliseconds::zero()) {
+    detail::fail(ec, errc::invalid_argument, "prune: idle must not be negative (got " + std::to_string(idle.count()) + " ms)");
+    return {};
+  }
+  return state_->backend->prune(state_->context(call), idle, ec);
+}
+
 void Manager::migrate_down(const Call& call) {
   std::error_code ec;
   migrate_down(ec, call);

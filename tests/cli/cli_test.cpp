@@ -837,6 +837,58 @@ TEST_P(Cli, StatusHeldAndPrefixFilterTheKeys) {
   EXPECT_EQ(both.size(), 2U) << both.dump();
 }
 
+TEST_P(Cli, PruneDeletesAFreeKeyAndTheKeyComesBackWithALargerFence) {
+  const std::string table = dltest::unique_table();
+  auto fence_of_a_run = [&] {
+    const Result r = run({"--table", table, "run", "--key", key_, "--", "sh", "-c",
+                          "printf '%s' \"$DISTRLOCK_FENCE\" > \"$0\"", file("fence")});
+    EXPECT_EQ(r.exit_code, 0) << describe(r);
+    return std::stoll(read_file(file("fence")));
+  };
+  const long long before = fence_of_a_run();
+  const Result pruned = run({"--table", table, "prune", "--older-than", "0", "--json"});
+  ASSERT_EQ(pruned.exit_code, 0) << describe(pruned);
+  const Json j = Json::parse(pruned.out);
+  EXPECT_EQ(j.at("deleted").get<long long>(), 1) << pruned.out;
+  EXPECT_GE(j.at("fence_floor").get<long long>(), before) << pruned.out;
+  const Json st = Json::parse(run({"--table", table, "status", "--json"}).out);
+  EXPECT_TRUE(st.empty()) << st.dump();
+  EXPECT_GT(fence_of_a_run(), before) << "a pruned key reissued a fencing token";
+}
+
+TEST_P(Cli, PruneKeepsHeldKeysAndKeysFreedMoreRecentlyThanItsAge) {
+  const std::string table = dltest::unique_table();
+  const Result held = run({"--table", table, "acquire", "--key", key_ + "/held", "--ttl", "1m"});
+  ASSERT_EQ(held.exit_code, 0) << describe(held);
+  ASSERT_EQ(run({"--table", table, "run", "--key", key_ + "/free", "--", "true"}).exit_code, 0);
+  const Result r = run({"--table", table, "prune", "--older-than", "1h"});
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_NE(r.out.find("deleted 0 rows"), std::string::npos) << r.out;
+  EXPECT_EQ(Json::parse(run({"--table", table, "status", "--json"}).out).size(), 2U);
+  const Json all = Json::parse(run({"--table", table, "prune", "--older-than", "0", "--json"}).out);
+  EXPECT_EQ(all.at("deleted").get<long long>(), 1) << "the held key stays: " << all.dump();
+}
+
+TEST_P(Cli, PruneOnATableThatDoesNotExistExits78AndCreatesNothing) {
+  const std::string table = dltest::unique_table();
+  const Result r = run({"--table", table, "prune", "--older-than", "1h"});
+  EXPECT_EQ(r.exit_code, exit_config) << describe(r);
+  EXPECT_TRUE(IsOneLine(r.err));
+  EXPECT_EQ(run({"--table", table, "--no-migrate", "status"}).exit_code, exit_config) << "the table was created";
+}
+
+TEST_P(Cli, PruneWithABadAgeExits64AndDeletesNothing) {
+  const std::string table = dltest::unique_table();
+  ASSERT_EQ(run({"--table", table, "run", "--key", key_, "--", "true"}).exit_code, 0);
+  for (const char* bad : {"-1s", "soon", ""}) {
+    const Result r = run({"--table", table, "prune", "--older-than", bad});
+    EXPECT_EQ(r.exit_code, exit_usage) << bad << ": " << describe(r);
+    EXPECT_TRUE(IsOneLine(r.err)) << r.err;
+    EXPECT_NE(r.err.find("--older-than"), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(Json::parse(run({"--table", table, "status", "--json"}).out).size(), 1U);
+}
+
 // ---- bad input ----------------------------------------------------------------------------------------
 
 struct BadInput {

@@ -91,7 +91,8 @@ TEST_P(OneServer, TwoRolesWithSchemasOfTheirOwnShareOneLockTable) {
   };
   distrlock::Manager first = as(a);
   first.migrate();
-  for (const std::string& t : {table, table + "_migrations"}) admin->query("GRANT ALL ON public." + t + " TO " + b);
+  for (const std::string& t : {table, table + "_migrations", table + "_floor"})
+    admin->query("GRANT ALL ON public." + t + " TO " + b);
   distrlock::Manager second = as(b);
   second.migrate();
 
@@ -104,7 +105,7 @@ TEST_P(OneServer, TwoRolesWithSchemasOfTheirOwnShareOneLockTable) {
   for (const std::string& role : {a, b}) {
     admin->query("DROP SCHEMA " + role + " CASCADE");
   }
-  admin->query("DROP TABLE public." + table + ", public." + table + "_migrations");
+  admin->query("DROP TABLE public." + table + ", public." + table + "_migrations, public." + table + "_floor");
   for (const std::string& role : {a, b}) {
     admin->query("REVOKE ALL ON SCHEMA public FROM " + role);
     admin->query("DROP ROLE " + role);

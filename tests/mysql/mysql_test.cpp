@@ -746,20 +746,26 @@ TEST_F(Mysql, MigrationsAreVersionedUpAndDownSqlForTheConfiguredTable) {
   const std::string schema = o.table.substr(0, o.table.find('.'));
   auto m = open(o);
   const auto migrations = m.migrations();
-  ASSERT_EQ(migrations.size(), 1U);
+  ASSERT_EQ(migrations.size(), 2U);
   EXPECT_EQ(migrations[0].version, 1);
   EXPECT_EQ(migrations[0].id, "0001_create_lock_table");
   EXPECT_NE(migrations[0].up.find("`" + schema + "`.`my_locks`"), std::string::npos) << migrations[0].up;
   EXPECT_NE(migrations[0].up.find("VARBINARY(255)"), std::string::npos);
   EXPECT_NE(migrations[0].up.find("ENGINE=InnoDB"), std::string::npos);
   EXPECT_EQ(migrations[0].down, "DROP TABLE IF EXISTS `" + schema + "`.`my_locks`");
+  EXPECT_EQ(migrations[1].version, 2);
+  EXPECT_EQ(migrations[1].id, "0002_create_fence_floor");
+  EXPECT_EQ(migrations[1].down, "DROP TABLE IF EXISTS `" + schema + "`.`my_locks_floor`");
 
-  // The up SQL works in the user's own migration tool, and the down SQL undoes it.
+  // The up SQL works in the user's own migration tool (one statement at a time), and the down SQL undoes it.
   admin_->rows("CREATE DATABASE " + schema);
-  admin_->rows(migrations[0].up);
+  for (const auto& migration : migrations)
+    for (const std::string& statement : split_statements(migration.up)) admin_->rows(statement);
   const std::string exists = "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '" + schema +
-                             "' AND TABLE_NAME = 'my_locks' AND ENGINE = 'InnoDB'";
-  EXPECT_EQ(admin_->value(exists), "1");
+                             "' AND TABLE_NAME LIKE 'my\\_locks%' AND ENGINE = 'InnoDB'";
+  EXPECT_EQ(admin_->value(exists), "2");
+  EXPECT_EQ(admin_->value("SELECT `floor` FROM `" + schema + "`.`my_locks_floor` WHERE `id` = 1"), "0");
+  admin_->rows(migrations[1].down);
   admin_->rows(migrations[0].down);
   EXPECT_EQ(admin_->value(exists), "0");
 }

@@ -355,19 +355,25 @@ TEST_F(Postgres, MigrationsAreVersionedUpAndDownSqlForTheConfiguredTable) {
   o.table = "ops.my_locks";
   auto m = open(o);
   const auto migrations = m.migrations();
-  ASSERT_EQ(migrations.size(), 1U);
+  ASSERT_EQ(migrations.size(), 2U);
   EXPECT_EQ(migrations[0].version, 1);
   EXPECT_EQ(migrations[0].id, "0001_create_lock_table");
   EXPECT_NE(migrations[0].up.find("\"ops\".\"my_locks\""), std::string::npos) << migrations[0].up;
   EXPECT_NE(migrations[0].up.find("timestamptz"), std::string::npos);
   EXPECT_EQ(migrations[0].down, "DROP TABLE IF EXISTS \"ops\".\"my_locks\"");
+  EXPECT_EQ(migrations[1].version, 2);
+  EXPECT_EQ(migrations[1].id, "0002_create_fence_floor");
+  EXPECT_EQ(migrations[1].down, "DROP TABLE IF EXISTS \"ops\".\"my_locks_floor\"");
 
   // The up SQL works in the user's own migration tool, and the down SQL undoes it.
   admin_->query("CREATE SCHEMA IF NOT EXISTS ops");
-  admin_->query(migrations[0].up);
+  for (const auto& migration : migrations) admin_->query(migration.up);
   EXPECT_EQ(admin_->query("SELECT to_regclass('ops.my_locks') IS NOT NULL"), "t");
+  EXPECT_EQ(admin_->query("SELECT floor FROM ops.my_locks_floor WHERE id = 1"), "0");
+  admin_->query(migrations[1].down);
   admin_->query(migrations[0].down);
-  EXPECT_EQ(admin_->query("SELECT to_regclass('ops.my_locks') IS NULL"), "t");
+  EXPECT_EQ(admin_->query("SELECT to_regclass('ops.my_locks') IS NULL AND to_regclass('ops.my_locks_floor') IS NULL"),
+            "t");
 }
 
 TEST_F(Postgres, AReleaseInsideACallerTransactionLeavesItsCommitSynchronous) {

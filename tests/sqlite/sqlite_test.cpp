@@ -287,8 +287,8 @@ TEST_F(Sqlite, TenProcessesMigratingAFreshFileAtOnceAllSucceed) {
     EXPECT_EQ(f.output, "ok\n");
   }
   auto fresh = backend("sqlite").open_session(url);
-  EXPECT_EQ(fresh->query("SELECT count(*) || ',' || min(id) FROM " + table + "_migrations"),
-            "1,0001_create_lock_table");
+  EXPECT_EQ(fresh->query("SELECT count(*) || ',' || min(id) || ',' || max(id) FROM " + table + "_migrations"),
+            "2,0001_create_lock_table,0002_create_fence_floor");
   EXPECT_EQ(fresh->query("PRAGMA journal_mode"), "wal");
 }
 
@@ -297,17 +297,23 @@ TEST_F(Sqlite, MigrationsAreVersionedUpAndDownSqlThatSqliteRuns) {
   o.table = "main.my_locks";
   auto m = open(o);
   const auto migrations = m.migrations();
-  ASSERT_EQ(migrations.size(), 1U);
+  ASSERT_EQ(migrations.size(), 2U);
   EXPECT_EQ(migrations[0].version, 1);
   EXPECT_EQ(migrations[0].id, "0001_create_lock_table");
   EXPECT_NE(migrations[0].up.find("\"main\".\"my_locks\""), std::string::npos) << migrations[0].up;
   EXPECT_NE(migrations[0].up.find("key     BLOB"), std::string::npos) << migrations[0].up;
   EXPECT_EQ(migrations[0].down, "DROP TABLE IF EXISTS \"main\".\"my_locks\"");
+  EXPECT_EQ(migrations[1].version, 2);
+  EXPECT_EQ(migrations[1].id, "0002_create_fence_floor");
+  EXPECT_EQ(migrations[1].down, "DROP TABLE IF EXISTS \"main\".\"my_locks_floor\"");
 
-  admin_->query(migrations[0].up);
+  for (const auto& migration : migrations)
+    for (const std::string& statement : split_statements(migration.up)) admin_->query(statement);
   EXPECT_EQ(admin_->query("SELECT count(*) FROM sqlite_schema WHERE name = 'my_locks'"), "1");
+  EXPECT_EQ(admin_->query("SELECT floor FROM main.my_locks_floor WHERE id = 1"), "0");
+  admin_->query(migrations[1].down);
   admin_->query(migrations[0].down);
-  EXPECT_EQ(admin_->query("SELECT count(*) FROM sqlite_schema WHERE name = 'my_locks'"), "0");
+  EXPECT_EQ(admin_->query("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'my_locks%'"), "0");
 }
 
 TEST_F(Sqlite, AMemoryDatabaseAnEmptyPathAndTheTempSchemaAreInvalidArguments) {

@@ -4,6 +4,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -98,6 +99,16 @@ std::string server_url(const BackendUnderTest& b) {
   std::string url = v;
   if (!b.url_suffix.empty()) url += (url.find('?') == std::string::npos ? "?" : "&") + b.url_suffix;
   return url;
+}
+
+std::vector<std::string> split_statements(const std::string& sql) {
+  std::vector<std::string> out;
+  for (std::size_t at = 0; at < sql.size();) {
+    const std::size_t end = std::min(sql.find(";\n", at), sql.size());
+    out.push_back(sql.substr(at, end - at));
+    at = end + 2;
+  }
+  return out;
 }
 
 std::string to_hex(std::string_view bytes) {

@@ -36,6 +36,9 @@ class CallerSession {
   virtual void hold_row(std::string_view key) = 0;
 };
 
+/// The statements of a migration's SQL, which separates them with ";\n" (for tools that run one at a time).
+std::vector<std::string> split_statements(const std::string& sql);
+
 /// `bytes` as upper-case hex digits, for SQL literals (X'..', decode('..', 'hex')).
 std::string to_hex(std::string_view bytes);
 

@@ -121,6 +121,9 @@ class FaultBackend final : public distrlock::detail::Backend {
                                              std::error_code&) override {
     return {};
   }
+  distrlock::PruneResult prune(const distrlock::detail::OpContext&, milliseconds, std::error_code&) override {
+    return {};
+  }
   std::vector<distrlock::Migration> migrations() const override { return {}; }
   void migrate(const distrlock::detail::OpContext&, std::error_code&) override {}
   void migrate_down(const distrlock::detail::OpContext&, std::error_code&) override {}

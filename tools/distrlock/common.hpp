@@ -72,6 +72,7 @@ Command add_extend_command(CLI::App& parent, const GlobalOptions& global);
 Command add_release_command(CLI::App& parent, const GlobalOptions& global);
 Command add_status_command(CLI::App& parent, const GlobalOptions& global);
 Command add_migrate_command(CLI::App& parent, const GlobalOptions& global);
+Command add_prune_command(CLI::App& parent, const GlobalOptions& global);
 
 /// A failure the tool reports and exits with. `line` is the whole stderr line, without the newline; an empty
 /// line prints nothing (a busy key under --quiet-conflict).

@@ -117,6 +117,7 @@ int run_tool(int argc, char** argv) {
       distrlock::cli::add_run_command(app, global),    distrlock::cli::add_acquire_command(app, global),
       distrlock::cli::add_extend_command(app, global), distrlock::cli::add_release_command(app, global),
       distrlock::cli::add_status_command(app, global), distrlock::cli::add_migrate_command(app, global),
+      distrlock::cli::add_prune_command(app, global),
   };
 
   if (head.size() == 1 && !invocation.has_separator) {
@@ -138,10 +139,10 @@ int run_tool(int argc, char** argv) {
     for (const Command& c : commands) known = known || c.app->get_name() == word;
     if (name.empty() && !word.empty() && !known) {
       problem = "unknown command \"" + distrlock::cli::escape(word) + "\"";
-      hint = "the commands are run, acquire, extend, release, status and migrate; see `distrlock --help`";
+      hint = "the commands are run, acquire, extend, release, status, migrate and prune; see `distrlock --help`";
     } else if (name.empty() && word.empty() && dynamic_cast<const CLI::RequiredError*>(&e) != nullptr) {
       problem = "no command given";
-      hint = "the commands are run, acquire, extend, release, status and migrate; see `distrlock --help`";
+      hint = "the commands are run, acquire, extend, release, status, migrate and prune; see `distrlock --help`";
     } else if (name == "run" && dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr && !invocation.has_separator) {
       problem = "missing \"--\" before the command (" + problem + ")";
       hint = "write: distrlock run --key KEY -- CMD [ARGS...]";

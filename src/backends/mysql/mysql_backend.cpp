@@ -99,6 +99,7 @@ class MysqlBackend final : public Backend {
       : table_parts_(std::move(table)),
         table_(quote_table_name(table_parts_, '`')),
         versions_table_(quote_table_name(table_parts_, '`', "_migrations")),
+        floor_table_(quote_table_name(table_parts_, '`', "_floor")),
         pool_(options.pool_size, std::move(where), options.connect_timeout) {
     const std::string qualified = table_parts_.size() == 2 ? table_parts_[0] + "." + table_parts_[1]
                                                            : endpoint().database + "." + table_parts_[0];
@@ -106,7 +107,14 @@ class MysqlBackend final : public Backend {
     const auto [end, err] = std::to_chars(hex.data(), hex.data() + hex.size(), fnv1a(qualified), 16);
     migration_lock_ = "distrlock_migrate_" + std::string(hex.data(), end);
 
+    // A key the table does not have starts above the fence floor (the largest fence prune() deleted). The floor
+    // is read with a shared lock: prune() raises it before deleting, under an exclusive lock, so an acquire
+    // either reads the raised floor or finds the row still there (a plain read could be a snapshot from before
+    // the raise, and the unique check then miss the row the delete took).
+    const std::string first_fence =
+        "(SELECT `floor` + 1 FROM " + floor_table_ + " WHERE `id` = 1 LOCK IN SHARE MODE)";
     const std::initializer_list<std::pair<std::string_view, std::string_view>> fixed = {{"table", table_},
+                                                                                        {"first_fence", first_fence},
                                                                                         {"now", now_us},
                                                                                         {"busy", busy_text_},
                                                                                         {"new_token", new_token_},
@@ -122,7 +130,7 @@ class MysqlBackend final : public Backend {
         "(`token` IS NULL OR `expires` <= {now} OR `token` = {new_token})";
     acquire_sql_ = fill(fill(
         "{limit}INSERT INTO {table} (`key`, `token`, `fence`, `expires`, `owner`) "
-        "VALUES ({key}, {token}, LAST_INSERT_ID(1), {now} + {ttl_us}, LEFT({owner}, 255)) "
+        "VALUES ({key}, {token}, LAST_INSERT_ID({first_fence}), {now} + {ttl_us}, LEFT({owner}, 255)) "
         "ON DUPLICATE KEY UPDATE "
         "`token` = IF({takes}, {new_token}, `token`), "
         "`fence` = IF({takes}, LAST_INSERT_ID(`fence` + 1), "
@@ -137,7 +145,7 @@ class MysqlBackend final : public Backend {
     // included.
     acquire_returning_sql_ = fill(fill(
         "{limit}INSERT INTO {table} (`key`, `token`, `fence`, `expires`, `owner`) "
-        "VALUES ({key}, {token}, 1, {now} + {ttl_us}, LEFT({owner}, 255)) "
+        "VALUES ({key}, {token}, {first_fence}, {now} + {ttl_us}, LEFT({owner}, 255)) "
         "ON DUPLICATE KEY UPDATE "
         "`token` = IF({takes}, {new_token}, `token`), "
         "`fence` = IF({takes}, `fence` + 1, `fence`), "
@@ -297,14 +305,61 @@ class MysqlBackend final : public Backend {
                           "  CHECK (LENGTH(`key`) BETWEEN 1 AND 255),\n"
                           "  CHECK (`token` IS NULL OR LENGTH(`token`) BETWEEN 1 AND 128)\n"
                           ") ENGINE=InnoDB",
-                      "DROP TABLE IF EXISTS " + table_}};
+                      "DROP TABLE IF EXISTS " + table_},
+            Migration{2, "0002_create_fence_floor",
+                      "CREATE TABLE IF NOT EXISTS " + floor_table_ +
+                          " (\n"
+                          "  `id`    TINYINT NOT NULL PRIMARY KEY,\n"
+                          "  `floor` BIGINT UNSIGNED NOT NULL,\n"
+                          "  CHECK (`id` = 1)\n"
+                          ") ENGINE=InnoDB;\n"
+                          "INSERT IGNORE INTO " + floor_table_ + " (`id`, `floor`) VALUES (1, 0)",
+                      "DROP TABLE IF EXISTS " + floor_table_}};
+  }
+
+  // Raise, then delete, as two statements (each its own transaction on our connections): the floor rises to
+  // the largest fence of the rows idle since one cutoff, and the delete then takes only rows whose fence the
+  // committed floor covers (`fence <= floor`). A release that commits between the two statements can leave a
+  // row idle since before the cutoff with a fence the raise did not see; that row stays for the next prune.
+  // The exclusive lock the raise takes is what an acquire's shared read of the floor waits for.
+  PruneResult prune(const OpContext& ctx, milliseconds idle, std::error_code& ec) override {
+    PruneResult out;
+    std::vector<Answer> got = exec(ctx, fill("{limit}SELECT {now} - " + micros(idle), {{"now", now_us}}), ec);
+    MYSQL_ROW row = !ec && got.at(0).rows ? mysql_fetch_row(got[0].rows.get()) : nullptr;
+    if (ec || row == nullptr || row[0] == nullptr) return out;
+    const std::string cut = row[0];
+    got = exec(ctx,
+               "{limit}UPDATE " + floor_table_ + " SET `floor` = GREATEST(`floor`, COALESCE((SELECT MAX(`fence`) FROM " +
+                   table_ + " WHERE `expires` <= " + cut + "), 0)) WHERE `id` = 1",
+               ec);
+    if (ec) return out;
+    got = exec(ctx,
+               "{limit}DELETE FROM " + table_ + " WHERE `expires` <= " + cut + " AND `fence` <= (SELECT `floor` FROM " +
+                   floor_table_ + " WHERE `id` = 1)",
+               ec);
+    if (ec) return out;
+    out.deleted = static_cast<std::int64_t>(got.at(0).affected_rows);
+    got = exec(ctx, "{limit}SELECT `floor` FROM " + floor_table_ + " WHERE `id` = 1", ec);
+    row = !ec && got.at(0).rows ? mysql_fetch_row(got[0].rows.get()) : nullptr;
+    if (ec) return out;
+    if (row == nullptr) {
+      fail(ec, errc::not_migrated, "the fence floor row is missing: run migrate()");
+      return out;
+    }
+    out.fence_floor = int_field(row, mysql_fetch_lengths(got[0].rows.get()), 0);
+    return out;
   }
 
   void migrate(const OpContext& ctx, std::error_code& ec) override {
     locked_migration(ctx, ec, [&](const Exec& run, const std::set<int>& applied) {
       for (const Migration& m : migrations()) {
         if (applied.contains(m.version)) continue;
-        run(m.up);
+        // One statement per run: a caller's connection may not allow several in one packet.
+        for (std::size_t at = 0; at < m.up.size();) {
+          const std::size_t end = std::min(m.up.find(";\n", at), m.up.size());
+          run(m.up.substr(at, end - at));
+          at = end + 2;
+        }
         run("INSERT INTO " + versions_table_ + " (`version`, `id`, `applied_at`) VALUES (" + std::to_string(m.version) +
             ", '" + m.id + "', UTC_TIMESTAMP(6))");
       }
@@ -478,6 +533,7 @@ class MysqlBackend final : public Backend {
   const std::vector<std::string> table_parts_;
   const std::string table_;
   const std::string versions_table_;
+  const std::string floor_table_;
   const std::string busy_text_ = std::to_string(busy_flag);
   const std::string new_token_ = inserted("token");
   const std::string new_expires_ = inserted("expires");

@@ -72,12 +72,25 @@ class PostgresBackend final : public Backend {
     //
     // {durable}: on a caller's connection, the grant commits with the caller's transaction, which must then wait
     // for its WAL flush whatever synchronous_commit the session has (our own connections set it at connect).
+    //
+    // Fences (see docs/semantics.md, "Failover"): a grant's fence is greater than the key's last one, than the
+    // table's fence floor (which covers the rows prune() deleted) and than every fence of an earlier timeline:
+    // {epoch} is (timeline - 1) << 40, and the timeline grows at every promotion of a standby. A key that was
+    // never seen in the snapshot takes its floor from the same snapshot as its (absent) row: prune() raises the
+    // floor and deletes rows in one transaction, so a snapshot sees either the row or the raised floor. When
+    // the row is gone by the time of the insert, `cur` still shows it as the snapshot did.
+    const std::string epoch =
+        "(SELECT CASE WHEN pg_is_in_recovery() THEN 0 ELSE ((('x' || substr(pg_walfile_name(pg_current_wal_lsn()), "
+        "1, 8))::bit(32)::int8 - 1) << " + std::to_string(fence_epoch_shift) + ") END)";
     const std::string acquire =
-        "WITH cur AS (SELECT token, expires FROM " + table_ + " WHERE key = $1), " +
-        "granted AS (INSERT INTO " + table_ + " AS l (key, token, fence, expires, owner) SELECT $1, $2, 1, " +
-        "clock_timestamp() + " + ttl + ", $4 WHERE NOT EXISTS (SELECT 1 FROM cur WHERE cur.token IS NOT NULL " +
-        "AND cur.expires > clock_timestamp() AND cur.token <> $2) ON CONFLICT (key) DO UPDATE SET " +
-        "token = excluded.token, fence = l.fence + 1, expires = clock_timestamp() + " + ttl + ", " +
+        "WITH cur AS (SELECT token, expires, fence FROM " + table_ + " WHERE key = $1), " +
+        "base AS (SELECT " + epoch + " AS epoch), " +
+        "granted AS (INSERT INTO " + table_ + " AS l (key, token, fence, expires, owner) SELECT $1, $2, " +
+        "greatest(coalesce((SELECT fence FROM cur), 0) + 1, (SELECT floor + 1 FROM " + floor_table() + "), " +
+        "base.epoch), clock_timestamp() + " + ttl + ", $4 FROM base WHERE NOT EXISTS (SELECT 1 FROM cur " +
+        "WHERE cur.token IS NOT NULL AND cur.expires > clock_timestamp() AND cur.token <> $2) " +
+        "ON CONFLICT (key) DO UPDATE SET token = excluded.token, " +
+        "fence = greatest(l.fence + 1, (SELECT epoch FROM base)), expires = clock_timestamp() + " + ttl + ", " +
         "owner = excluded.owner " +
         "WHERE l.token IS NULL OR l.expires <= clock_timestamp() OR l.token = excluded.token " +
         "RETURNING l.fence, l.expires){durable_cte} " +
@@ -114,15 +127,8 @@ class PostgresBackend final : public Backend {
         "ORDER BY key";
     pool_sql_ = sql_;
     pool_sql_[release_stmt] = pooled_release;
-    const std::string durable = "(SELECT set_config('synchronous_commit', 'on', true)) AS durable";
-    for (std::string& q : sql_) {
-      q = fill(q, {{"{durable_cte}", ", durable AS (SELECT set_config('synchronous_commit', 'on', true))"},
-                   {"{durable_from}", ", durable"},
-                   {"{durable_join}", " FROM " + durable},
-                   {"{durable_comma}", ", " + durable}});
-    }
-    for (std::string& q : pool_sql_)
-      q = fill(q, {{"{durable_cte}", ""}, {"{durable_from}", ""}, {"{durable_join}", ""}, {"{durable_comma}", ""}});
+    for (std::string& q : sql_) q = sql_durable(q);
+    for (std::string& q : pool_sql_) q = sql_pooled(q);
   }
 
   std::string_view name() const noexcept override { return "postgres"; }
@@ -229,7 +235,36 @@ class PostgresBackend final : public Backend {
                           "  expires timestamptz NOT NULL,\n"
                           "  owner   text\n"
                           ")",
-                      "DROP TABLE IF EXISTS " + table_}};
+                      "DROP TABLE IF EXISTS " + table_},
+            Migration{2, "0002_create_fence_floor",
+                      "CREATE TABLE IF NOT EXISTS " + floor_table() +
+                          " (\n"
+                          "  id    smallint PRIMARY KEY CHECK (id = 1),\n"
+                          "  floor bigint NOT NULL\n"
+                          ");\n"
+                          "INSERT INTO " + floor_table() + " (id, floor) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
+                      "DROP TABLE IF EXISTS " + floor_table()}};
+  }
+
+  // One statement, so one transaction: the rows go and the floor rises together (see the acquire).
+  PruneResult prune(const OpContext& ctx, milliseconds idle, std::error_code& ec) override {
+    const std::string sql = "WITH gone AS (DELETE FROM " + table_ +
+                            " WHERE expires <= clock_timestamp() - $1::float8 * interval '1 millisecond' "
+                            "RETURNING fence), raised AS (UPDATE " + floor_table() +
+                            " SET floor = greatest(floor, (SELECT max(fence) FROM gone)) RETURNING floor){durable_cte} "
+                            "SELECT (SELECT count(*) FROM gone), (SELECT floor FROM raised){durable_from}";
+    const std::string idle_text = std::to_string(idle.count());
+    const char* values[] = {idle_text.c_str()};
+    ResultPtr r = exec_text(ctx, ctx.connection ? sql_durable(sql) : sql_pooled(sql), 1, values, ec);
+    PruneResult out;
+    if (ec) return out;
+    if (PQntuples(r.get()) != 1) {
+      fail(ec, errc::not_migrated, "the fence floor row is missing: run migrate()");
+      return out;
+    }
+    out.deleted = to_int(PQgetvalue(r.get(), 0, 0));
+    out.fence_floor = to_int(PQgetvalue(r.get(), 0, 1));
+    return out;
   }
 
   void migrate(const OpContext& ctx, std::error_code& ec) override {
@@ -257,6 +292,31 @@ class PostgresBackend final : public Backend {
 
  private:
   std::string versions_table() const { return quote_table_name(table_parts_, '"', "_migrations"); }
+  std::string floor_table() const { return quote_table_name(table_parts_, '"', "_floor"); }
+
+  static std::string sql_durable(const std::string& q) {
+    const std::string durable = "(SELECT set_config('synchronous_commit', 'on', true)) AS durable";
+    return fill(q, {{"{durable_cte}", ", durable AS (SELECT set_config('synchronous_commit', 'on', true))"},
+                    {"{durable_from}", ", durable"},
+                    {"{durable_join}", " FROM " + durable},
+                    {"{durable_comma}", ", " + durable}});
+  }
+  static std::string sql_pooled(const std::string& q) {
+    return fill(q, {{"{durable_cte}", ""}, {"{durable_from}", ""}, {"{durable_join}", ""}, {"{durable_comma}", ""}});
+  }
+
+  /// Runs one unprepared statement with text parameters, on the caller's connection or a pooled one.
+  ResultPtr exec_text(const OpContext& ctx, const std::string& sql, int n, const char* const* values,
+                      std::error_code& ec) {
+    auto send = [&](PGconn* c) { return PQsendQueryParams(c, sql.c_str(), n, nullptr, values, nullptr, nullptr, 0); };
+    if (ctx.connection) {
+      PGconn* conn = caller_connection(ctx, ec);
+      if (conn == nullptr) return nullptr;
+      RunState st;
+      return pg::run(conn, send, ctx, ec, st, canceller(conn));
+    }
+    return on_pool(ctx, ec, [&](pg::Connection& c, RunState& st) { return pg::run(c.conn.get(), send, ctx, ec, st); });
+  }
 
   /// Runs `body` in one script, one round trip. The advisory lock serialises concurrent migrators; the
   /// version table makes re-runs no-ops. On a caller's connection the caller's transaction frames it.

@@ -37,6 +37,8 @@ errc map_sqlstate(std::string_view s) {
   if (s == "40001" || s == "40P01") return errc::conflict;      // serialization failure, deadlock
   if (s == "57014") return errc::cancelled;                     // query_canceled (by someone else)
   if (s == "55P03") return errc::timeout;                       // lock_not_available (lock_timeout)
+  // read_only_sql_transaction: a standby (or a read-only session); another host of the URL may take writes.
+  if (s == "25006") return errc::unavailable;
   if (s.starts_with("08") || s == "57P01" || s == "57P02" || s == "57P03" || s.starts_with("53"))
     return errc::unavailable;
   if (s.starts_with("22") || s == "23514") return errc::invalid_argument;  // data exception, check violation
@@ -127,7 +129,14 @@ ResultPtr run(PGconn* conn, const std::function<int(PGconn*)>& send, const OpCon
     const std::string_view code = sqlstate != nullptr ? sqlstate : "";
     errc e = code.empty() ? errc::unavailable : map_sqlstate(code);
     if (cancelled && code == "57014") e = ctx.stop.stop_requested() ? errc::cancelled : errc::timeout;
-    fail(ec, e, (code.empty() ? "" : std::string(code) + " ") + trimmed(PQresultErrorMessage(kept.get())));
+    std::string hint;
+    if (code == "25006") {
+      // Drop the connection: the next one may reach the new primary of a multi-host URL.
+      state.broken = true;
+      hint = "; the server takes no writes (a read-only standby?): list every host of the cluster in the URL "
+             "with target_session_attrs=read-write";
+    }
+    fail(ec, e, (code.empty() ? "" : std::string(code) + " ") + trimmed(PQresultErrorMessage(kept.get())) + hint);
   }
   return kept;
 }

@@ -104,6 +104,7 @@ class SqliteBackend final : public Backend {
       : table_parts_(std::move(table)),
         table_(quote_table_name(table_parts_, '"')),
         versions_(quote_table_name(table_parts_, '"', "_migrations")),
+        floor_(quote_table_name(table_parts_, '"', "_floor")),
         pool_(options.pool_size, path, [logger = options.logger, path](const std::string& mode) {
           try {
             logger(LogLevel::warning, "the SQLite database " + path +
@@ -120,7 +121,10 @@ class SqliteBackend final : public Backend {
     // statement, so the four CASEs agree. A busy answer rewrites the row unchanged, which SQLite recognises
     // and writes nothing to the WAL.
     const std::string takes = "(l.token IS NULL OR l.expires <= " + now + " OR l.token = excluded.token)";
-    sql_[acquire_stmt] = "INSERT INTO " + table_ + " AS l (key, token, fence, expires, owner) VALUES (?1, ?2, 1, " +
+    // A key the table does not have starts above the fence floor (the largest fence prune() deleted); SQLite
+    // has one writer at a time, so the floor read here is the one prune() left.
+    sql_[acquire_stmt] = "INSERT INTO " + table_ + " AS l (key, token, fence, expires, owner) VALUES (?1, ?2, " +
+                         "(SELECT floor + 1 FROM " + floor_ + " WHERE id = 1), " +
                          now + " + ?3, ?4) ON CONFLICT (key) DO UPDATE SET token = CASE WHEN " + takes +
                          " THEN excluded.token ELSE l.token END, fence = CASE WHEN " + takes +
                          " THEN l.fence + 1 ELSE l.fence END, expires = CASE WHEN " + takes +
@@ -266,7 +270,47 @@ class SqliteBackend final : public Backend {
             "  expires INTEGER NOT NULL,\n"
             "  owner   TEXT\n"
             ") WITHOUT ROWID",
-        "DROP TABLE IF EXISTS " + table_}};
+        "DROP TABLE IF EXISTS " + table_},
+            Migration{2, "0002_create_fence_floor",
+                      "CREATE TABLE IF NOT EXISTS " + floor_ +
+                          " (\n"
+                          "  id    INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),\n"
+                          "  floor INTEGER NOT NULL\n"
+                          ");\n"
+                          "INSERT OR IGNORE INTO " + floor_ + " (id, floor) VALUES (1, 0)",
+                      "DROP TABLE IF EXISTS " + floor_}};
+  }
+
+  // One transaction with one cutoff: the floor rises to the largest fence of the rows it then deletes.
+  PruneResult prune(const OpContext& ctx, milliseconds idle, std::error_code& ec) override {
+    PruneResult out;
+    const std::string cut = "(" + std::string(now_us) + " - " + std::to_string(idle.count()) + " * 1000)";
+    on_handle(ctx, ec, [&](Session& s) {
+      durable(s, ctx, ec);
+      if (ec) return;
+      transaction(s, ctx, ec, [&] {
+        const std::vector<Row> at = sqlite::exec(s.db(), "SELECT " + cut, ctx, ec);
+        if (ec || at.empty()) return;
+        const std::string cutoff = std::to_string(at[0].at(0).integer);
+        sqlite::exec(s.db(),
+                     "UPDATE " + floor_ + " SET floor = max(floor, coalesce((SELECT max(fence) FROM " + table_ +
+                         " WHERE expires <= " + cutoff + "), 0)) WHERE id = 1",
+                     ctx, ec);
+        if (ec) return;
+        sqlite::exec(s.db(), "DELETE FROM " + table_ + " WHERE expires <= " + cutoff, ctx, ec);
+        if (ec) return;
+        out.deleted = sqlite3_changes64(s.db());
+        const std::vector<Row> floor = sqlite::exec(s.db(), "SELECT floor FROM " + floor_ + " WHERE id = 1", ctx, ec);
+        if (ec) return;
+        if (floor.empty()) {
+          fail(ec, errc::not_migrated, "the fence floor row is missing: run migrate()");
+          return;
+        }
+        out.fence_floor = floor[0].at(0).integer;
+      });
+    });
+    if (ec) return {};
+    return out;
   }
 
   void migrate(const OpContext& ctx, std::error_code& ec) override {
@@ -435,6 +479,7 @@ class SqliteBackend final : public Backend {
   const std::vector<std::string> table_parts_;
   const std::string table_;
   const std::string versions_;
+  const std::string floor_;
   std::array<std::string, stmt_count> sql_;
   std::string inspect_select_;
   sqlite::Pool pool_;

@@ -1,0 +1,157 @@
+// prune(): rows of keys free for long enough go, and their fencing tokens never come back.
+#include <atomic>
+#include <thread>
+
+#include "fixture.hpp"
+
+namespace dltest {
+namespace {
+
+using distrlock::errc;
+
+/// Conformance on a table of the test's own, so that prune() only ever sees the test's keys.
+class Prune : public Conformance {
+ protected:
+  void SetUp() override {
+    Conformance::SetUp();
+    distrlock::Options o = options();
+    o.table = unique_table();
+    table_ = o.table;
+    pruner_.emplace(distrlock::Manager::open(url_, o));
+    pruner_->migrate();
+  }
+  distrlock::Manager& m() { return *pruner_; }
+  /// The key's fence as the table has it (0: no row).
+  std::int64_t stored_fence(const std::string& key) { return m().status({key}).at(0).fence; }
+
+  std::string table_;
+  std::optional<distrlock::Manager> pruner_;
+};
+
+TEST_P(Prune, APrunedKeyIsGrantedAFenceAboveEveryFenceItWasGrantedBefore) {
+  std::int64_t last = 0;
+  for (int i = 0; i < 3; ++i) {
+    distrlock::Lock lock = m().lock(key());
+    ASSERT_TRUE(lock.try_acquire(30s));
+    last = *lock.fencing_token();
+    lock.release();
+  }
+  const distrlock::PruneResult pruned = m().prune(0ms);
+  ASSERT_EQ(pruned.deleted, 1);
+  ASSERT_EQ(stored_fence(key()), 0) << "the row is gone";
+  EXPECT_GE(pruned.fence_floor, last);
+
+  distrlock::Lock again = m().lock(key());
+  ASSERT_TRUE(again.try_acquire(30s));
+  EXPECT_GT(*again.fencing_token(), last);
+}
+
+TEST_P(Prune, PruneDeletesOnlyKeysFreeForLongerThanItsAge) {
+  const std::string held = key() + "/held", long_free = key() + "/long-free", just_released = key() + "/released";
+  distrlock::Lock h = m().lock(held);
+  ASSERT_TRUE(h.try_acquire(30s));
+  distrlock::Lock expired = m().lock(long_free);
+  ASSERT_TRUE(expired.try_acquire(100ms));
+  const std::int64_t expired_fence = *expired.fencing_token();
+  std::this_thread::sleep_for(1500ms);  // expired by the server's clock more than a second ago
+  distrlock::Lock r = m().lock(just_released);
+  ASSERT_TRUE(r.try_acquire(30s));
+  const std::int64_t released_fence = *r.fencing_token();
+  r.release();
+
+  const distrlock::PruneResult pruned = m().prune(1s);
+  EXPECT_EQ(pruned.deleted, 1);
+  EXPECT_GE(pruned.fence_floor, expired_fence);
+  EXPECT_EQ(stored_fence(long_free), 0);
+  EXPECT_EQ(stored_fence(just_released), released_fence) << "released less than the age ago: kept";
+  const auto st = m().status({held});
+  EXPECT_TRUE(st.at(0).held);
+  h.extend(30s);  // still the holder's, with its token
+}
+
+TEST_P(Prune, PruneWithAgeZeroKeepsEveryHeldLease) {
+  distrlock::Lock h = m().lock(key());
+  ASSERT_TRUE(h.try_acquire(30s));
+  const std::int64_t fence = *h.fencing_token();
+  EXPECT_EQ(m().prune(0ms).deleted, 0);
+  EXPECT_EQ(stored_fence(key()), fence);
+  h.extend(30s);
+  h.release();
+}
+
+TEST_P(Prune, PruneRacingAcquiresOfOneKeyNeverReissuesAFence) {
+  std::atomic<bool> done{false};
+  std::atomic<std::int64_t> deleted{0};
+  distrlock::Options o = options();
+  o.table = table_;
+  auto pruner = distrlock::Manager::open(url_, o);
+  std::thread prunes([&] {
+    while (!done.load()) {
+      std::error_code ec;
+      const distrlock::PruneResult r = pruner.prune(0ms, ec);
+      if (!ec) deleted += r.deleted;
+    }
+  });
+  std::vector<std::int64_t> fences;
+  for (int i = 0; i < 150; ++i) {
+    distrlock::Lock lock = m().lock(key());
+    std::error_code ec;
+    if (!lock.try_acquire(30s, ec)) continue;  // a conflict with the prune is a retry, never a grant
+    fences.push_back(*lock.fencing_token());
+    lock.release(ec);
+  }
+  done = true;
+  prunes.join();
+  EXPECT_GT(deleted.load(), 0) << "the prunes never deleted the key: the race was not run";
+  ASSERT_GT(fences.size(), 100U);
+  for (std::size_t i = 1; i < fences.size(); ++i)
+    ASSERT_GT(fences[i], fences[i - 1]) << "grant " << i << " reissued or lowered a fence";
+}
+
+TEST_P(Prune, PruneRefusesANegativeAgeAndDeletesNothing) {
+  distrlock::Lock lock = m().lock(key());
+  ASSERT_TRUE(lock.try_acquire(30s));
+  lock.release();
+  std::error_code ec;
+  m().prune(-1ms, ec);
+  EXPECT_EQ(ec, errc::invalid_argument);
+  EXPECT_NE(stored_fence(key()), 0);
+}
+
+TEST_P(Prune, ATableFromBeforeTheFenceFloorIsUpgradedByMigrateAndKeepsItsFences) {
+  std::int64_t last = 0;
+  for (int i = 0; i < 3; ++i) {
+    distrlock::Lock lock = m().lock(key());
+    ASSERT_TRUE(lock.try_acquire(30s));
+    last = *lock.fencing_token();
+    lock.release();
+  }
+  // Back to the schema of version 1: no fence floor.
+  const std::vector<distrlock::Migration> all = m().migrations();
+  ASSERT_GE(all.size(), 2U);
+  auto admin = session();
+  admin->query(all[1].down);
+  admin->query("DELETE FROM " + table_ + "_migrations WHERE version = 2");
+  distrlock::Options o = options();
+  o.table = table_;
+  auto old = distrlock::Manager::open(url_, o);  // fresh connections: nothing prepared against the old schema
+  std::error_code ec;
+  old.lock(key()).try_acquire(30s, ec);
+  EXPECT_EQ(ec, errc::not_migrated) << "an acquire needs the floor: " << ec.message();
+
+  old.migrate();
+  distrlock::Lock lock = old.lock(key());
+  ASSERT_TRUE(lock.try_acquire(30s));
+  EXPECT_GT(*lock.fencing_token(), last);
+  last = *lock.fencing_token();
+  lock.release();
+  EXPECT_EQ(old.prune(0ms).deleted, 1);
+  distrlock::Lock after = old.lock(key());
+  ASSERT_TRUE(after.try_acquire(30s));
+  EXPECT_GT(*after.fencing_token(), last);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, Prune, ::testing::ValuesIn(backend_names()), backend_test_name);
+
+}  // namespace
+}  // namespace dltest
