@@ -74,6 +74,18 @@ std::string describe(const Section& s, std::int64_t t0) {
          ") in [" + fmt_ms(s.enter, t0) + ", " + fmt_ms(s.end, t0) + "] ms";
 }
 
+/// A granted before a failover finished, B after it began with a larger fence, and A stopped within a TTL plus
+/// the reconnect bound of the switch's end: the overlap that asynchronous replication allows (A's grant may be
+/// missing on the new primary, and A learns so at its next extension, or by its deadline).
+bool across_failover(const Record& r, const Section& a, const Section& b) {
+  if (a.fence >= b.fence) return false;
+  for (const Fault& x : r.faults) {
+    if (x.kind != "failover" || x.t_start == 0) continue;
+    if (a.enter < x.t_end && x.t_start < b.enter && a.end <= x.t_end + r.ttl_ns + r.reconnect_bound_ns) return true;
+  }
+  return false;
+}
+
 /// Two holders at once: sections on one key that overlap on the monotonic clock. `sections` are sorted by
 /// key, then entry.
 void check_overlaps(const Record& r, const std::vector<Section>& sections, Findings& f) {
@@ -88,6 +100,10 @@ void check_overlaps(const Record& r, const std::vector<Section>& sections, Findi
     for (std::size_t i = j, looked = 0; i-- > 0 && sections[i].key == b.key && looked < 64; ++looked) {
       const Section& a = sections[i];
       if (a.exempt || a.end <= b.enter) continue;
+      if (across_failover(r, a, b)) {
+        ++f.overlaps_across_failover;
+        continue;
+      }
       ++f.overlapping_critical_sections;
       f.violations.push_back({"overlapping critical sections on key " + std::to_string(b.key) + ": " +
                                   describe(a, r.t_start) + " and " + describe(b, r.t_start),

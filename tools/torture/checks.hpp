@@ -15,7 +15,7 @@ namespace torture {
 
 /// One fault the parent injected, over [t_start, t_end] on the monotonic clock.
 struct Fault {
-  std::string kind;    ///< kill, stop, partition, stall, terminate, restart, skew
+  std::string kind;    ///< kill, stop, partition, stall, terminate, restart, skew, failover
   std::string detail;  ///< e.g. "hang", "row lock", "backend SIGSTOP"
   int slot = -1;       ///< target worker slot, -1 for none
   long pid = 0;
@@ -26,8 +26,8 @@ struct Fault {
   /// Server-side expiry of the target's lease on the monotonic clock, from status() once the fault was in
   /// place: partition and stall only, when the target held a key.
   std::optional<std::int64_t> expiry;
-  /// True for faults that make the whole key (or server) unavailable while they last: restart, stall.
-  bool blocks_server() const { return kind == "restart" || kind == "stall"; }
+  /// True for faults that make the whole key (or server) unavailable while they last: restart, stall, failover.
+  bool blocks_server() const { return kind == "restart" || kind == "stall" || kind == "failover"; }
 };
 
 /// A worker process the parent saw end.
@@ -60,6 +60,10 @@ struct Findings {
   std::uint64_t acquisitions = 0;
   std::uint64_t overlapping_critical_sections = 0;
   std::uint64_t exempt_sections = 0;  ///< sections whose worker was SIGSTOPped inside them
+  /// Overlaps of a holder granted before a failover with one granted after it, with a larger fence, while the
+  /// old holder had not yet learnt that its grant was lost (asynchronous replication). Not violations while
+  /// the old holder stops within a TTL plus the reconnect bound of the switch; later, they are.
+  std::uint64_t overlaps_across_failover = 0;
   std::uint64_t stale_writes_accepted = 0;
   std::uint64_t stale_writes_rejected = 0;
   std::uint64_t writes_accepted = 0;

@@ -116,6 +116,35 @@ TEST(TortureChecks, AGapBeyondTtlPlusTheReconnectBoundIsReportedUnlessTheServerW
   EXPECT_EQ(analyse(b.r).unavailability_over_bound, 0U);
 }
 
+TEST(TortureChecks, AHolderFromBeforeAFailoverThatStopsWithinATtlOfItOverlapsWithoutAViolation) {
+  Builder b;
+  b.section(0, 100, 5, 0, 10, 2500);         // its grant was lost in the failover; it stops at its next extension
+  b.fault("failover", 0, 100, 1800);
+  b.section(1, 101, (1LL << 40), 1900, 2000, 2600);  // the new primary's first grant: a larger fence
+  const Findings f = analyse(b.r);
+  EXPECT_EQ(f.overlapping_critical_sections, 0U);
+  EXPECT_EQ(f.overlaps_across_failover, 1U);
+  EXPECT_TRUE(f.violations.empty());
+}
+
+TEST(TortureChecks, AHolderFromBeforeAFailoverStillWorkingLongAfterItIsAnOverlap) {
+  Builder b;
+  b.section(0, 100, 5, 0, 10, 9000);  // beyond the switch's end + TTL + reconnect bound (1.8 + 1 + 3 s)
+  b.fault("failover", 0, 100, 1800);
+  b.section(1, 101, (1LL << 40), 1900, 2000, 2600);
+  EXPECT_EQ(analyse(b.r).overlapping_critical_sections, 1U);
+}
+
+TEST(TortureChecks, AnOverlapAcrossAFailoverWithoutALargerFenceIsNotExcused) {
+  Builder b;
+  b.section(0, 100, 5, 0, 10, 2500);
+  b.fault("failover", 0, 100, 1800);
+  b.section(1, 101, 5, 1900, 2000, 2600);  // the new primary reissued the lost grant's fence
+  const Findings f = analyse(b.r);
+  EXPECT_EQ(f.overlapping_critical_sections, 1U);
+  EXPECT_EQ(f.duplicate_fences, 1U);
+}
+
 TEST(TortureChecks, TheLossSignalIsMeasuredAgainstTheServerSideExpiry) {
   Builder b;
   b.add(EventKind::want, 0, 100, 0, 0);

@@ -2,7 +2,8 @@
 // the safety properties of DESIGN.md on what they report (issue 9; see docs/reliability.md).
 //
 //   distrlock-torture --db URL [--workers 4] [--keys 2] [--seconds 60] [--ttl 1s]
-//                     [--faults kill,stop,partition,stall,terminate,restart,skew] [--restart-cmd CMD] [--json]
+//                     [--faults kill,stop,partition,stall,terminate,restart,skew,failover] [--restart-cmd CMD]
+//                     [--failover-cmd CMD] [--json]
 //
 // The parent forks P workers (this same program in a hidden worker mode). Each loops: acquire a random key
 // as an auto-extended Lease (waiting), enter, fenced writes to a guarded table while it works a random
@@ -61,8 +62,8 @@ constexpr int exit_interrupted = 130;  // as a shell reports death by SIGINT; th
 constexpr int exit_usage = 64;
 constexpr int exit_setup = 69;
 
-constexpr std::array<std::string_view, 7> all_faults = {"kill",      "stop",    "partition", "stall",
-                                                        "terminate", "restart", "skew"};
+constexpr std::array<std::string_view, 8> all_faults = {"kill",      "stop",    "partition", "stall",
+                                                        "terminate", "restart", "skew",      "failover"};
 constexpr std::array<std::string_view, 4> sqlite_faults = {"kill", "stop", "stall", "skew"};
 
 constexpr const char* usage_text =
@@ -73,10 +74,12 @@ constexpr const char* usage_text =
     "  --keys K            keys they fight over (default 2)\n"
     "  --seconds S         run length (default 60; 1800 for the long mode)\n"
     "  --ttl D             lease TTL: 250ms, 1s, ... (default 1s)\n"
-    "  --faults LIST       comma-separated: kill,stop,partition,stall,terminate,restart,skew\n"
+    "  --faults LIST       comma-separated: kill,stop,partition,stall,terminate,restart,skew,failover\n"
     "                      (sqlite: kill,stop,stall,skew). Default: none\n"
     "  --restart-cmd CMD   how the restart fault restarts the server (run by /bin/sh); repeat it to\n"
     "                      alternate between ways, e.g. a fast restart and a crash + start\n"
+    "  --failover-cmd CMD  how the failover fault replaces the primary with its standby (run by /bin/sh;\n"
+    "                      --db must name both, e.g. a multi-host PostgreSQL URL); repeatable like --restart-cmd\n"
     "  --skew-hours H      skew: wall clocks up to H hours off (default 12); 0 changes only the time zone\n"
     "  --reconnect-bound D longest a key may stay unavailable beyond the TTL after a fault (default 3s)\n"
     "  --min-faults N      fail unless every listed fault was injected at least N times (default 0)\n"
@@ -98,6 +101,7 @@ struct Config {
   milliseconds ttl{1000};
   std::vector<std::string> faults;
   std::vector<std::string> restart_cmds;
+  std::vector<std::string> failover_cmds;
   milliseconds reconnect_bound{3000};
   int skew_hours = 12;
   int min_faults = 0;
@@ -190,7 +194,7 @@ Config parse_args(std::span<char* const> args) {
         const std::string_view f = v.substr(0, comma);
         if (std::find(all_faults.begin(), all_faults.end(), f) == all_faults.end())
           throw UsageError("unknown fault \"" + std::string(f) +
-                           "\" (known: kill, stop, partition, stall, terminate, restart, skew)");
+                           "\" (known: kill, stop, partition, stall, terminate, restart, skew, failover)");
         if (std::find(c.faults.begin(), c.faults.end(), f) == c.faults.end()) c.faults.emplace_back(f);
         v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
       }
@@ -201,6 +205,8 @@ Config parse_args(std::span<char* const> args) {
       c.min_faults = *n;
     } else if (a == "--restart-cmd") {
       c.restart_cmds.emplace_back(need(i));
+    } else if (a == "--failover-cmd") {
+      c.failover_cmds.emplace_back(need(i));
     } else if (a == "--seed") {
       const std::string_view v = need(i);
       const auto n = parse_number<std::uint64_t>(v);
@@ -240,6 +246,8 @@ Config parse_args(std::span<char* const> args) {
   }
   if (std::find(c.faults.begin(), c.faults.end(), "restart") != c.faults.end() && c.restart_cmds.empty())
     throw UsageError("the restart fault needs --restart-cmd, e.g. \"scripts/services restart postgres\"");
+  if (std::find(c.faults.begin(), c.faults.end(), "failover") != c.faults.end() && c.failover_cmds.empty())
+    throw UsageError("the failover fault needs --failover-cmd, e.g. \"scripts/services failover postgres-pair\"");
 #ifndef DISTRLOCK_FAKETIME_LIB
   if (std::find(c.faults.begin(), c.faults.end(), "skew") != c.faults.end())
     throw UsageError("the skew fault needs libfaketime, which this build did not find (Debian: faketime)");
@@ -417,6 +425,7 @@ class Torture {
   std::int64_t last_kill_ = 0;
   int skewed_starts_ = 0;
   std::size_t restarts_ = 0;
+  std::size_t failovers_ = 0;
   std::uint64_t shutdown_kills_ = 0;
   std::string notes_;
 };
@@ -549,7 +558,8 @@ Fault Torture::inject(const std::string& kind) {
   const Fault not_injected = f;  // t_start 0: not counted
   WorkerProcess* target = pick_target(kind == "stall", kind == "stall" || kind == "partition");
   const auto hold_for = [&] { return random_ms(cfg_.ttl * 3 / 2, cfg_.ttl * 2); };
-  if (target != nullptr && kind != "restart") {
+  const bool server_wide = kind == "restart" || kind == "failover";
+  if (target != nullptr && !server_wide) {
     f.slot = target->slot();
     f.pid = target->pid();
     if (const auto h = log_.holding(target->pid())) {
@@ -557,7 +567,7 @@ Fault Torture::inject(const std::string& kind) {
       f.fence = h->fence;
     }
   }
-  if (target == nullptr && kind != "restart") return f;  // nobody to hit; not counted
+  if (target == nullptr && !server_wide) return f;  // nobody to hit; not counted
   f.t_start = mono_ns();
   if (kind == "kill") {
     target->injected = true;
@@ -638,21 +648,26 @@ Fault Torture::inject(const std::string& kind) {
     }
     if (!done) return not_injected;
     f.detail = backend_ == "postgres" ? "pg_terminate_backend" : "KILL CONNECTION";
-  } else if (kind == "restart") {
+  } else if (server_wide) {
+    // restart: the server goes away and comes back; failover: the primary dies and its standby takes over,
+    // perhaps without the last grants (the command decides how much the standby misses).
     admin_db_.reset();  // its session dies with the server
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+    const bool restart = kind == "restart";
+    const std::vector<std::string>& cmds = restart ? cfg_.restart_cmds : cfg_.failover_cmds;
     // Its stdout goes to our stderr: stdout is for the JSON line only.
-    const std::size_t which = restarts_++ % cfg_.restart_cmds.size();
-    const pid_t pid = spawn({"/bin/sh", "-c", cfg_.restart_cmds[which]}, env, -1, true);
+    const std::size_t which = (restart ? restarts_ : failovers_)++ % cmds.size();
+    const pid_t pid = spawn({"/bin/sh", "-c", cmds[which]}, env, -1, true);
     // Waited for even after a Ctrl-C: a server left half restarted would be worse than a late exit.
     int st = 0;
     while (::waitpid(pid, &st, WNOHANG) == 0) {
       reap();
       std::this_thread::sleep_for(20ms);
     }
-    f.detail = "--restart-cmd #" + std::to_string(which + 1) + ": " + describe_status(st);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) note("a restart command failed (" + f.detail + ")");
+    f.detail = std::string(restart ? "--restart-cmd #" : "--failover-cmd #") + std::to_string(which + 1) + ": " +
+               describe_status(st);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) note("a " + kind + " command failed (" + f.detail + ")");
   } else if (kind == "skew") {
     // A graceful restart of one worker under another wall clock and time zone.
     const int hours = random_skew();
@@ -789,6 +804,7 @@ int Torture::report(const Record& rec, const Findings& f, double elapsed_s) {
   j["acquire_failures"] = f.acquire_failures;
   j["overlapping_critical_sections"] = f.overlapping_critical_sections;
   j["exempt_sections"] = f.exempt_sections;
+  j["overlaps_across_failover"] = f.overlaps_across_failover;
   j["stale_writes_accepted"] = f.stale_writes_accepted;
   j["stale_writes_rejected"] = f.stale_writes_rejected;
   j["writes_accepted"] = f.writes_accepted;
