@@ -1,12 +1,17 @@
 // distrlock-bench: drives the public API from N client threads and reports throughput and latency.
 //
-//   distrlock-bench --db URL --scenario cycle --clients N --seconds S [--keys K] [--json]
+//   distrlock-bench --db URL --scenario cycle|extend --clients N --seconds S [--keys K] [--json]
 //
 // Scenario "cycle": every client thread owns its own Manager with a one-connection pool (so N clients hold N
 // connections, as N pgbench clients do) and loops Lock::try_acquire(30s) + Lock::release() on random keys of
 // its own, "bench/<client>/<k>" with k < K, so no two clients ever contend. One op is one acquire + release
 // cycle, timed with steady_clock from Manager::lock() to the end of release(). Each client first runs a few
 // untimed cycles (connect, prepare statements); then all clients start together.
+//
+// Scenario "extend": every client holds one key of its own, "bench/<client>/extend/<random>", taken with
+// Lock::try_acquire(30s) before the warm-up, and loops Lock::extend(30s) on it. One op is one extend: what
+// a heartbeat round costs a holder of one lease (bench/replication.sh compares it across replication modes).
+// The key is released at the end, so runs one after the other never find it busy.
 //
 // Output: with --json, exactly one line of JSON on stdout; without it, one human-readable line. Latencies go
 // into a fixed-size log-linear histogram per client (relative error < 0.8%), so memory does not grow with S.
@@ -52,9 +57,10 @@ constexpr int max_clients = 1024;
 constexpr double max_seconds = 86400;
 
 constexpr const char* usage_text =
-    "usage: distrlock-bench --db URL --scenario cycle --clients N --seconds S [--keys K] [--json]\n"
+    "usage: distrlock-bench --db URL --scenario cycle|extend --clients N --seconds S [--keys K] [--json]\n"
     "  --db URL        database URL (default: $DISTRLOCK_DB)\n"
     "  --scenario S    cycle: uncontended try_acquire(30s) + release per op\n"
+    "                  extend: extend(30s) of one held key per client per op\n"
     "  --clients N     client threads, each with its own Manager and one connection (1-1024)\n"
     "  --seconds S     timed run length, after a short warm-up (> 0, fractions allowed)\n"
     "  --keys K        random keys per client (default 100000)\n"
@@ -152,8 +158,8 @@ std::optional<Config> parse_args(std::span<char* const> args) {
     p.cfg.db = env;
   }
   if (p.cfg.scenario.empty()) throw UsageError("missing --scenario");
-  if (p.cfg.scenario != "cycle")
-    throw UsageError("unknown or not yet implemented scenario \"" + p.cfg.scenario + "\" (available: cycle)");
+  if (p.cfg.scenario != "cycle" && p.cfg.scenario != "extend")
+    throw UsageError("unknown or not yet implemented scenario \"" + p.cfg.scenario + "\" (available: cycle, extend)");
   if (!p.clients) throw UsageError("missing --clients N");
   if (!p.seconds) throw UsageError("missing --seconds S");
   p.cfg.clients = *p.clients;
@@ -252,7 +258,8 @@ struct Schedule {
 class CycleClient {
  public:
   CycleClient(const Config& cfg, int id, ClientResult& out)
-      : out_(out),
+      : extend_(cfg.scenario == "extend"),
+        out_(out),
         rng_(std::random_device{}() ^ (static_cast<std::uint64_t>(id) << 32U)),
         pick_(0, cfg.keys - 1),
         prefix_("bench/" + std::to_string(id) + "/") {
@@ -268,8 +275,50 @@ class CycleClient {
 
   bool ready() const noexcept { return mgr_.has_value(); }
 
-  /// One try_acquire + release on a random key, timed into `latency` unless it is null (warm-up).
-  /// Returns false on an error, which is counted.
+  /// Releases what the scenario still holds (extend's key), untimed.
+  void finish() {
+    if (!held_) return;
+    std::error_code ec;
+    held_->release(ec);
+    held_.reset();
+    if (ec) failed("release", ec);
+  }
+
+  /// One op of the scenario, timed into `latency` unless it is null (warm-up). Returns false on an error, which
+  /// is counted.
+  bool op(Histogram* latency) { return extend_ ? extend(latency) : cycle(latency); }
+
+ private:
+  /// One extend(30s) of this client's held key; the first call takes the key (untimed).
+  bool extend(Histogram* latency) {
+    std::error_code ec;
+    if (!held_) {
+      distrlock::Lock lock = mgr_->lock(prefix_ + "extend/" + std::to_string(pick_(rng_)), ec);
+      if (ec) return failed("lock", ec);
+      const bool acquired = lock.try_acquire(lease_ttl, ec);
+      if (ec) return failed("try_acquire", ec);
+      if (!acquired) {
+        ++out_.busy;
+        return true;
+      }
+      held_.emplace(std::move(lock));
+    }
+    const Clock::time_point t0 = Clock::now();
+    held_->extend(lease_ttl, ec);
+    const Clock::time_point t1 = Clock::now();
+    if (ec) {
+      held_.reset();  // take the key again on the next op
+      return failed("extend", ec);
+    }
+    if (latency != nullptr) {
+      latency->record(
+          static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+      ++out_.ops;
+    }
+    return true;
+  }
+
+  /// One try_acquire + release on a random key.
   bool cycle(Histogram* latency) {
     std::array<char, 24> digits{};
     const auto conv = std::to_chars(digits.begin(), digits.end(), pick_(rng_));
@@ -296,14 +345,15 @@ class CycleClient {
     return true;
   }
 
- private:
   bool failed(std::string_view what, std::error_code ec) {
     out_.note_error(what, ec.message());
     return false;
   }
 
+  bool extend_;
   ClientResult& out_;
   std::optional<distrlock::Manager> mgr_;
+  std::optional<distrlock::Lock> held_;  // extend: this client's key
   std::mt19937_64 rng_;
   std::uniform_int_distribution<std::uint64_t> pick_;
   std::string prefix_;
@@ -316,7 +366,7 @@ void run_cycle_client(const Config& cfg, int id, ClientResult& out, Schedule& sc
     CycleClient client(cfg, id, out);
     if (client.ready()) {
       for (int i = 0; i < warmup_cycles; ++i)
-        if (!client.cycle(nullptr)) break;  // a dead server would make every warm-up cycle wait for its timeout
+        if (!client.op(nullptr)) break;  // a dead server would make every warm-up cycle wait for its timeout
     }
     out.busy = 0;  // count only the timed run's
     arrived = true;
@@ -324,7 +374,8 @@ void run_cycle_client(const Config& cfg, int id, ClientResult& out, Schedule& sc
     schedule.go.wait();
     if (client.ready()) {
       while (Clock::now() < schedule.end)
-        if (!client.cycle(&out.latency)) std::this_thread::sleep_for(error_backoff);
+        if (!client.op(&out.latency)) std::this_thread::sleep_for(error_backoff);
+      client.finish();
     }
   } catch (const std::exception& e) {
     out.note_error("client thread", e.what());
