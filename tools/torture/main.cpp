@@ -88,6 +88,20 @@ constexpr const char* usage_text =
     "exit: 0 every check held, 1 a check failed (details on stderr), 64 bad usage, 69 setup failed,\n"
     "      130 interrupted\n";
 
+/// True for a URL that lists several hosts (a primary and its standbys: "h1:p1,h2:p2" or "host=h1,h2"). The
+/// relays follow one server, so the faults that need them cannot be used there.
+bool names_several_hosts(const std::string& url) {
+  const std::size_t scheme = url.find("://");
+  if (scheme != std::string::npos) {
+    const std::size_t start = scheme + 3;
+    const std::size_t end = url.find_first_of("/?", start);
+    return url.substr(start, end == std::string::npos ? std::string::npos : end - start).find(',') !=
+           std::string::npos;
+  }
+  const std::size_t host = url.find("host=");
+  return host != std::string::npos && url.substr(host, url.find(' ', host) - host).find(',') != std::string::npos;
+}
+
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -246,6 +260,11 @@ Config parse_args(std::span<char* const> args) {
   }
   if (std::find(c.faults.begin(), c.faults.end(), "restart") != c.faults.end() && c.restart_cmds.empty())
     throw UsageError("the restart fault needs --restart-cmd, e.g. \"scripts/services restart postgres\"");
+  if (names_several_hosts(c.db)) {
+    for (const std::string& f : c.faults)
+      if (f == "partition" || f == "stall" || f == "terminate")
+        throw UsageError("fault \"" + f + "\" follows one server through a relay: it needs a --db URL with one host");
+  }
   if (std::find(c.faults.begin(), c.faults.end(), "failover") != c.faults.end() && c.failover_cmds.empty())
     throw UsageError("the failover fault needs --failover-cmd, e.g. \"scripts/services failover postgres-pair\"");
 #ifndef DISTRLOCK_FAKETIME_LIB
@@ -434,7 +453,7 @@ void Torture::setup() {
   admin_.emplace(distrlock::Manager::open(cfg_.db, distrlock::Options{.table = cfg_.table, .pool_size = 2}));
   admin_->migrate();
   admin_db().create_guard_table();
-  if (server_backend()) {
+  if (server_backend() && !names_several_hosts(cfg_.db)) {
     const int port = dlrelay::url_port(cfg_.db);
     if (port == 0) throw std::runtime_error("cannot find the server's port in --db (the relays need it)");
     for (int s = 0; s < cfg_.workers; ++s) relays_.push_back(std::make_unique<dlrelay::Relay>("127.0.0.1", port));
@@ -448,7 +467,9 @@ NativeDb& Torture::admin_db() {
 }
 
 void Torture::start_worker(int slot, int skew_hours) {
-  const std::string db = server_backend() ? relays_[static_cast<std::size_t>(slot)]->rewrite(cfg_.db) : cfg_.db;
+  // Through the worker's relay, for the faults that act on its connections; straight to the servers when the URL
+  // lists several hosts (the relays follow one server, and a failover moves the primary).
+  const std::string db = relays_.empty() ? cfg_.db : relays_[static_cast<std::size_t>(slot)]->rewrite(cfg_.db);
   std::vector<std::string> argv = {exe_,           "--worker",
                                    "--db",         db,
                                    "--guard-db",   cfg_.db,
