@@ -234,5 +234,36 @@ TEST_F(Failover, AMultiHostUrlWithTargetSessionAttrsReadWriteSkipsAStandbyListed
   EXPECT_EQ(on_primary[0].fence, lease.fencing_token());
 }
 
+TEST_F(Failover, ASessionAskingForRemoteApplyGrantsOnlyOnceTheSynchronousStandbyHasAppliedIt) {
+  // The standby becomes synchronous, and stops applying what it receives.
+  primary_sql_->query("ALTER SYSTEM SET synchronous_standby_names = '*'");
+  primary_sql_->query("SELECT pg_reload_conf()");
+  struct Restore {
+    CallerSession* primary;
+    CallerSession* standby;
+    ~Restore() {
+      std::string ignored;
+      standby->query("SELECT pg_wal_replay_resume()", &ignored);
+      primary->query("ALTER SYSTEM RESET synchronous_standby_names", &ignored);
+      primary->query("SELECT pg_reload_conf()", &ignored);
+    }
+  } restore{primary_sql_.get(), standby_sql_.get()};
+  ASSERT_TRUE(eventually([&] { return primary_sql_->query("SELECT count(*) FROM pg_stat_replication "
+                                                          "WHERE sync_state = 'sync'") == "1"; },
+                         10s));
+  standby_sql_->query("SELECT pg_wal_replay_pause()");
+  ASSERT_TRUE(eventually([&] { return standby_sql_->query("SELECT pg_get_wal_replay_pause_state()") == "paused"; }, 5s));
+
+  // The library's sessions are at least `on`: flushed on the standby is enough, applied is not waited for.
+  distrlock::Manager on = open(pair_.primary);
+  EXPECT_TRUE(on.lock(key_ + "/on").try_acquire(5s));
+  // A URL that asks for remote_apply keeps it: the grant waits for the paused standby, until its deadline.
+  distrlock::Manager apply = open(pair_.primary + "?options=-c%20synchronous_commit%3Dremote_apply");
+  std::error_code ec;
+  distrlock::Lock waiting = apply.lock(key_ + "/remote_apply");
+  EXPECT_FALSE(waiting.try_acquire(5s, ec, distrlock::Call{.deadline = Clock::now() + 1500ms}));
+  EXPECT_EQ(ec, errc::timeout) << ec.message();
+}
+
 }  // namespace
 }  // namespace dltest

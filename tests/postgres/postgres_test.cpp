@@ -400,6 +400,20 @@ TEST_F(Postgres, AMultiHostUrlWhoseFirstHostNeverAnswersGrantsThroughTheNextHost
   EXPECT_EQ(manager_->status({key_}).at(0).fence, lock.fencing_token().value_or(-1));
 }
 
+TEST_F(Postgres, AGrantOnACallersRemoteApplySessionKeepsRemoteApplyAndRaisesAnythingWeakerToOn) {
+  for (const auto& [session_level, granted_level] :
+       std::vector<std::pair<std::string, std::string>>{{"remote_apply", "remote_apply"}, {"on", "on"},
+                                                        {"remote_write", "on"}, {"local", "on"}, {"off", "on"}}) {
+    admin_->query("SET synchronous_commit = " + session_level);
+    admin_->query("BEGIN");
+    distrlock::Lock lock = manager_->lock(key_ + "/" + session_level);
+    ASSERT_TRUE(lock.try_acquire(30s, Call{.connection = admin_->native()}));
+    EXPECT_EQ(admin_->query("SHOW synchronous_commit"), granted_level) << "the session had " << session_level;
+    admin_->query("COMMIT");
+  }
+  admin_->query("RESET synchronous_commit");
+}
+
 TEST_F(Postgres, AReleaseInsideACallerTransactionLeavesItsCommitSynchronous) {
   admin_->query("BEGIN");
   distrlock::Lock lock = manager_->lock(key_);

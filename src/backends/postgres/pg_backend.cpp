@@ -302,8 +302,9 @@ class PostgresBackend final : public Backend {
   std::string floor_table() const { return quote_table_name(table_parts_, '"', "_floor"); }
 
   static std::string sql_durable(const std::string& q) {
-    const std::string durable = "(SELECT set_config('synchronous_commit', 'on', true)) AS durable";
-    return fill(q, {{"{durable_cte}", ", durable AS (SELECT set_config('synchronous_commit', 'on', true))"},
+    const std::string set = "SELECT set_config('synchronous_commit', " + std::string(pg::durable_commit_level) + ", true)";
+    const std::string durable = "(" + set + ") AS durable";
+    return fill(q, {{"{durable_cte}", ", durable AS (" + set + ")"},
                     {"{durable_from}", ", durable"},
                     {"{durable_join}", " FROM " + durable},
                     {"{durable_comma}", ", " + durable}});

@@ -198,13 +198,23 @@ ConnPtr connect_once(const std::string& conninfo, const std::vector<std::pair<co
   return conn;
 }
 
+/// Raises the session's synchronous_commit to `on` unless it is `on` or `remote_apply` already (the role's,
+/// the database's or the URL's options=). One round trip, once per connection.
+bool raise_commit_level(PGconn* conn, Clock::time_point limit, std::error_code& ec) {
+  const std::string sql = "SELECT set_config('synchronous_commit', " + std::string(durable_commit_level) + ", false)";
+  RunState st;
+  run(
+      conn, [&](PGconn* c) { return PQsendQuery(c, sql.c_str()); }, OpContext{limit, {}, {}}, ec, st);
+  return !ec;
+}
+
 }  // namespace
 
 ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, milliseconds connect_timeout,
                 std::error_code& ec, std::atomic<std::size_t>* preferred_host) {
   // Session settings of our own connections, after whatever the URL's options= asks for (later -c wins):
-  //  * synchronous_commit=on: a grant or extension is durable whatever the role's or database's default is (a
-  //    release relaxes it for its own transaction only);
+  //  * synchronous_commit at least `on` (see durable_commit_level; set once connected): a grant or extension is
+  //    durable whatever the role's or database's default is (a release relaxes it for its own transaction only);
   //  * client_connection_check_interval: a statement whose client gave up and dropped the connection is ended by
   //    the server within this interval, instead of running on (and perhaps granting a key to nobody).
   std::string options, host, hostaddr, port;
@@ -219,7 +229,7 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
     }
     PQconninfoFree(parsed);
   }
-  options += " -c synchronous_commit=on -c client_connection_check_interval=250";
+  options += " -c client_connection_check_interval=250";
   const Clock::time_point limit = std::min(deadline, Clock::now() + connect_timeout);
   // libpq looks host names up inside PQconnectPoll, with getaddrinfo and no timeout: look them up here instead,
   // within the deadline, and pass the addresses as hostaddr (host still names the server for TLS).
@@ -235,7 +245,8 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
   if (n <= 1) {
     std::vector<std::pair<const char*, std::string>> overrides = {{"options", options}};
     if (!hostaddr.empty()) overrides.emplace_back("hostaddr", hostaddr);
-    return connect_once(conninfo, overrides, limit, connect_timeout, ec);
+    ConnPtr conn = connect_once(conninfo, overrides, limit, connect_timeout, ec);
+    return conn && raise_commit_level(conn.get(), limit, ec) ? std::move(conn) : nullptr;
   }
   // Several hosts (a primary and its standbys): libpq would try them in turn but, driven asynchronously, gives
   // a host that never answers (a dead primary whose packets vanish) the whole time, and never reaches the next.
@@ -254,7 +265,8 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
     if (i < addrs.size()) overrides.emplace_back("hostaddr", addrs[i]);
     if (!ports.empty()) overrides.emplace_back("port", ports.size() == 1 ? ports[0] : ports.at(std::min(i, ports.size() - 1)));
     std::error_code attempt;
-    if (ConnPtr conn = connect_once(conninfo, overrides, share, connect_timeout, attempt)) {
+    if (ConnPtr conn = connect_once(conninfo, overrides, share, connect_timeout, attempt);
+        conn && raise_commit_level(conn.get(), share, attempt)) {
       if (preferred_host != nullptr) preferred_host->store(i);
       ec.clear();
       return conn;

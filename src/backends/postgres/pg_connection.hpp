@@ -26,6 +26,11 @@ struct ConnDeleter {
 };
 using ConnPtr = std::unique_ptr<PGconn, ConnDeleter>;
 
+/// The synchronous_commit a grant or an extension commits with: `on`, or `remote_apply` when the session asks
+/// for that (stronger: it also waits for a synchronous standby to apply the commit); never weaker than `on`.
+constexpr std::string_view durable_commit_level =
+    "CASE current_setting('synchronous_commit') WHEN 'remote_apply' THEN 'remote_apply' ELSE 'on' END";
+
 /// Maps a SQLSTATE to the library's error code. The one place where native codes become distrlock codes.
 errc map_sqlstate(std::string_view sqlstate);
 
