@@ -23,19 +23,28 @@ class Prune : public Conformance {
   distrlock::Manager& m() { return *pruner_; }
   /// The key's fence as the table has it (0: no row).
   std::int64_t stored_fence(const std::string& key) { return m().status({key}).at(0).fence; }
+  /// Grants `key` and releases it `times` times; returns the last fence (0 if a grant failed, with a failure).
+  std::int64_t grant_and_release(const std::string& key, int times) {
+    std::int64_t last = 0;
+    for (int i = 0; i < times; ++i) {
+      distrlock::Lock lock = m().lock(key);
+      if (!lock.try_acquire(30s)) {
+        ADD_FAILURE() << key << " was busy";
+        return 0;
+      }
+      last = *lock.fencing_token();
+      lock.release();
+    }
+    return last;
+  }
 
   std::string table_;
   std::optional<distrlock::Manager> pruner_;
 };
 
 TEST_P(Prune, APrunedKeyIsGrantedAFenceAboveEveryFenceItWasGrantedBefore) {
-  std::int64_t last = 0;
-  for (int i = 0; i < 3; ++i) {
-    distrlock::Lock lock = m().lock(key());
-    ASSERT_TRUE(lock.try_acquire(30s));
-    last = *lock.fencing_token();
-    lock.release();
-  }
+  const std::int64_t last = grant_and_release(key(), 3);
+  ASSERT_GT(last, 0);
   const distrlock::PruneResult pruned = m().prune(0ms);
   ASSERT_EQ(pruned.deleted, 1);
   ASSERT_EQ(stored_fence(key()), 0) << "the row is gone";
@@ -117,13 +126,8 @@ TEST_P(Prune, ACallersSnapshotFromBeforeAPruneNeverReissuesAPrunedFence) {
     // The snapshot, from a table the others do not write (a SERIALIZABLE read of the lock table would lock it):
     // k has no row yet, and the floor is as it was.
     caller->query("SELECT count(*) FROM " + table_ + "_migrations");
-    std::int64_t last = 0;
-    for (int i = 0; i < 2; ++i) {
-      distrlock::Lock lock = m().lock(k);
-      ASSERT_TRUE(lock.try_acquire(30s));
-      last = *lock.fencing_token();
-      lock.release();
-    }
+    const std::int64_t last = grant_and_release(k, 2);
+    ASSERT_GT(last, 0);
     ASSERT_GE(m().prune(0ms).deleted, 1);
 
     distrlock::Lock mine = m().lock(k);
@@ -150,13 +154,8 @@ TEST_P(Prune, PruneRefusesANegativeAgeAndDeletesNothing) {
 }
 
 TEST_P(Prune, ATableFromBeforeTheFenceFloorIsUpgradedByMigrateAndKeepsItsFences) {
-  std::int64_t last = 0;
-  for (int i = 0; i < 3; ++i) {
-    distrlock::Lock lock = m().lock(key());
-    ASSERT_TRUE(lock.try_acquire(30s));
-    last = *lock.fencing_token();
-    lock.release();
-  }
+  std::int64_t last = grant_and_release(key(), 3);
+  ASSERT_GT(last, 0);
   // Back to the schema of version 1: no fence floor.
   const std::vector<distrlock::Migration> all = m().migrations();
   ASSERT_GE(all.size(), 2U);
