@@ -291,18 +291,12 @@ class CycleClient {
  private:
   /// One extend(30s) of this client's held key; the first call takes the key (untimed).
   bool extend(Histogram* latency) {
-    std::error_code ec;
     if (!held_) {
-      distrlock::Lock lock = mgr_->lock(prefix_ + "extend/" + std::to_string(pick_(rng_)), ec);
-      if (ec) return failed("lock", ec);
-      const bool acquired = lock.try_acquire(lease_ttl, ec);
-      if (ec) return failed("try_acquire", ec);
-      if (!acquired) {
-        ++out_.busy;
-        return true;
-      }
-      held_.emplace(std::move(lock));
+      bool ok = true;
+      held_ = take(prefix_ + "extend/" + std::to_string(pick_(rng_)), ok);
+      if (!held_) return ok;
     }
+    std::error_code ec;
     const Clock::time_point t0 = Clock::now();
     held_->extend(lease_ttl, ec);
     const Clock::time_point t1 = Clock::now();
@@ -310,11 +304,7 @@ class CycleClient {
       held_.reset();  // take the key again on the next op
       return failed("extend", ec);
     }
-    if (latency != nullptr) {
-      latency->record(
-          static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
-      ++out_.ops;
-    }
+    timed(latency, t0, t1);
     return true;
   }
 
@@ -324,25 +314,44 @@ class CycleClient {
     const auto conv = std::to_chars(digits.begin(), digits.end(), pick_(rng_));
     key_.assign(prefix_).append(digits.data(), conv.ptr);
 
-    std::error_code ec;
     const Clock::time_point t0 = Clock::now();
-    distrlock::Lock lock = mgr_->lock(key_, ec);
-    if (ec) return failed("lock", ec);
-    const bool acquired = lock.try_acquire(lease_ttl, ec);
-    if (ec) return failed("try_acquire", ec);
-    if (!acquired) {
-      ++out_.busy;
-      return true;
-    }
-    lock.release(ec);
+    bool ok = true;
+    std::optional<distrlock::Lock> lock = take(key_, ok);
+    if (!lock) return ok;
+    std::error_code ec;
+    lock->release(ec);
     const Clock::time_point t1 = Clock::now();
     if (ec) return failed("release", ec);
-    if (latency != nullptr) {
-      latency->record(
-          static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
-      ++out_.ops;
-    }
+    timed(latency, t0, t1);
     return true;
+  }
+
+  /// `key`, acquired for lease_ttl. Empty when it was busy (counted; `ok` stays true) or a call failed (counted;
+  /// `ok` false).
+  std::optional<distrlock::Lock> take(const std::string& key, bool& ok) {
+    std::error_code ec;
+    distrlock::Lock lock = mgr_->lock(key, ec);
+    if (ec) {
+      ok = failed("lock", ec);
+      return std::nullopt;
+    }
+    const bool acquired = lock.try_acquire(lease_ttl, ec);
+    if (ec) {
+      ok = failed("try_acquire", ec);
+      return std::nullopt;
+    }
+    if (!acquired) {
+      ++out_.busy;
+      return std::nullopt;
+    }
+    return lock;
+  }
+
+  /// Counts one op and records its latency, unless it is warm-up (`latency` null).
+  void timed(Histogram* latency, Clock::time_point t0, Clock::time_point t1) {
+    if (latency == nullptr) return;
+    latency->record(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+    ++out_.ops;
   }
 
   bool failed(std::string_view what, std::error_code ec) {

@@ -262,7 +262,10 @@ class PostgresBackend final : public Backend {
                             "SELECT (SELECT count(*) FROM gone), (SELECT floor FROM raised){durable_from}";
     const std::string idle_text = std::to_string(idle.count());
     const char* values[] = {idle_text.c_str()};
-    ResultPtr r = exec_text(ctx, ctx.connection ? sql_durable(sql) : sql_pooled(sql), 1, values, ec);
+    const std::string filled = ctx.connection ? sql_durable(sql) : sql_pooled(sql);
+    ResultPtr r = run_unprepared(ctx, ec, [&](PGconn* c) {
+      return PQsendQueryParams(c, filled.c_str(), 1, nullptr, values, nullptr, nullptr, 0);
+    });
     PruneResult out;
     if (ec) return out;
     if (PQntuples(r.get()) != 1) {
@@ -313,10 +316,10 @@ class PostgresBackend final : public Backend {
     return fill(q, {{"{durable_cte}", ""}, {"{durable_from}", ""}, {"{durable_join}", ""}, {"{durable_comma}", ""}});
   }
 
-  /// Runs one unprepared statement with text parameters, on the caller's connection or a pooled one.
-  ResultPtr exec_text(const OpContext& ctx, const std::string& sql, int n, const char* const* values,
-                      std::error_code& ec) {
-    auto send = [&](PGconn* c) { return PQsendQueryParams(c, sql.c_str(), n, nullptr, values, nullptr, nullptr, 0); };
+  /// Runs one unprepared command, queued by `send` (a PQsend* call), on the caller's connection (with a cancel
+  /// before the deadline) or on a pooled one.
+  template <class Send>
+  ResultPtr run_unprepared(const OpContext& ctx, std::error_code& ec, Send&& send) {
     if (ctx.connection) {
       PGconn* conn = caller_connection(ctx, ec);
       if (conn == nullptr) return nullptr;
@@ -335,13 +338,7 @@ class PostgresBackend final : public Backend {
                                "applied_at timestamptz NOT NULL DEFAULT clock_timestamp());\n" +
                                body;
     const std::string script = ctx.connection ? locked : "BEGIN;\n" + locked + "COMMIT;";
-    auto send = [&script](PGconn* c) { return PQsendQuery(c, script.c_str()); };
-    if (ctx.connection) {
-      RunState st;
-      if (PGconn* c = caller_connection(ctx, ec)) pg::run(c, send, ctx, ec, st, canceller(c));
-      return;
-    }
-    on_pool(ctx, ec, [&](pg::Connection& c, RunState& st) { return pg::run(c.conn.get(), send, ctx, ec, st); });
+    run_unprepared(ctx, ec, [&script](PGconn* c) { return PQsendQuery(c, script.c_str()); });
   }
 
   /// Cancels the statement running on a caller's connection from one of our own, by `deadline`: PQcancel would

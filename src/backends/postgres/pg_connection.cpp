@@ -263,7 +263,7 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
     std::vector<std::pair<const char*, std::string>> overrides = {{"options", options}};
     if (i < hosts.size()) overrides.emplace_back("host", hosts[i]);
     if (i < addrs.size()) overrides.emplace_back("hostaddr", addrs[i]);
-    if (!ports.empty()) overrides.emplace_back("port", ports.size() == 1 ? ports[0] : ports.at(std::min(i, ports.size() - 1)));
+    if (!ports.empty()) overrides.emplace_back("port", ports[std::min(i, ports.size() - 1)]);  // one port: for all
     std::error_code attempt;
     if (ConnPtr conn = connect_once(conninfo, overrides, share, connect_timeout, attempt);
         conn && raise_commit_level(conn.get(), share, attempt)) {
@@ -279,7 +279,7 @@ ConnPtr connect(const std::string& conninfo, Clock::time_point deadline, millise
 }
 
 std::unique_ptr<Connection> Opener::open(const OpContext& ctx, std::error_code& ec) const {
-  ConnPtr conn = connect(conninfo, ctx.deadline, connect_timeout, ec, preferred_host.get());
+  ConnPtr conn = connect(conninfo, ctx.deadline, connect_timeout, ec, &preferred_host);
   if (!conn) return nullptr;
   auto c = std::make_unique<Connection>();
   c->conn = std::move(conn);

@@ -74,7 +74,7 @@ struct Opener {
   std::string conninfo;
   milliseconds connect_timeout;
   /// Of a multi-host URL, the host that answered last: tried first next time.
-  std::shared_ptr<std::atomic<std::size_t>> preferred_host = std::make_shared<std::atomic<std::size_t>>(0);
+  mutable std::atomic<std::size_t> preferred_host{0};
 
   std::unique_ptr<Connection> open(const OpContext& ctx, std::error_code& ec) const;
   static bool alive(Connection& c) noexcept { return idle_socket_is_open(PQsocket(c.conn.get())); }
