@@ -97,7 +97,10 @@ class Manager {
   Lock adopt(std::string key, std::string token, std::error_code& ec) const noexcept;
 
   /// Acquires `key` and keeps extending it from the heartbeat thread until the Lease is destroyed.
-  /// errc::already_acquired when the key is still busy after options.wait.
+  /// errc::already_acquired when the key is still busy after options.wait. A Lease is extended and released
+  /// on the Manager's own connections, so it only ever stands on a committed grant: a `call` with a
+  /// Call::connection is errc::invalid_argument, and nothing is sent (use Lock::try_acquire inside the
+  /// caller's transaction instead). do_exclusively takes no Call, so it always runs on the pool.
   Lease acquire(std::string key, const LeaseOptions& options = {}, const Call& call = {});
   std::optional<Lease> acquire(std::string key, const LeaseOptions& options, std::error_code& ec,
                                const Call& call = {}) noexcept;

@@ -159,6 +159,17 @@ std::optional<Lease> Manager::acquire(std::string key, const LeaseOptions& optio
       fail(ec, errc::invalid_argument, "extend_every, safety_margin and release_timeout must be >= 0");
       return std::nullopt;
     }
+    if (call.connection) {
+      // A Lease is extended and released on the Manager's own connections, so it may only stand on a grant that
+      // has committed. On a caller's connection the grant commits or rolls back with the caller's transaction,
+      // later: after a rollback another Manager would be granted the key, with the same fencing token, while
+      // this Lease still looked valid.
+      fail(ec, errc::invalid_argument,
+           "a Lease cannot be acquired on a caller's connection (Call::connection): its grant would commit or "
+           "roll back with the caller's transaction; use Lock::try_acquire on that connection, or acquire the "
+           "Lease without one");
+      return std::nullopt;
+    }
     if (options.ttl < min_ttl) {
       fail(ec, errc::invalid_argument,
            "ttl must be at least " + std::to_string(min_ttl.count()) + " ms (got " +

@@ -208,6 +208,30 @@ TEST_P(Conformance, AnAcquireInsideARolledBackCallerTransactionLeavesTheKeyFree)
   }
 }
 
+TEST_P(Conformance, ALeaseOnACallersConnectionIsRefusedAndWritesNothing) {
+  for (const auto& [level, begin] : caller_levels(*backend_)) {
+    SCOPED_TRACE(level);
+    const std::string k = key() + "/" + level;
+    auto caller = session();
+    caller->query(begin);
+    std::error_code ec;
+    std::optional<distrlock::Lease> lease =
+        manager().acquire(k, {.ttl = 30s}, ec, Call{.connection = caller->native()});
+    EXPECT_EQ(ec, errc::invalid_argument) << ec.message();
+    EXPECT_FALSE(lease.has_value());
+    caller->query("ROLLBACK");
+
+    // Nothing was written, in the caller's transaction or elsewhere: the key is free and has never been granted.
+    const std::vector<distrlock::LockStatus> st = other_manager().status({k});
+    ASSERT_EQ(st.size(), 1u);
+    EXPECT_FALSE(st[0].held);
+    EXPECT_EQ(st[0].fence, 0);
+    distrlock::Lock other = other_manager().lock(k);
+    EXPECT_TRUE(other.try_acquire(30s));
+    other.release();
+  }
+}
+
 TEST_P(Conformance, AnAcquireInsideACommittedCallerTransactionHoldsTheKey) {
   for (const auto& [level, begin] : caller_levels(*backend_)) {
     SCOPED_TRACE(level);
